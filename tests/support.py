@@ -1,0 +1,59 @@
+"""Test backends: where the suite's database and Redis live (see conftest)."""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from zenzefi_backend.config import normalise_database_url
+
+
+@dataclass
+class Backends:
+    server_url: str | None
+    redis_url: str | None
+    database_url: str = ""
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.server_url is not None
+
+    def describe_database(self) -> str:
+        return "PostgreSQL" if self.is_postgres else "SQLite"
+
+    def create(self, tmp: Path) -> None:
+        if not self.is_postgres:
+            self.database_url = f"sqlite:///{tmp / 'test.db'}"
+            return
+        name = f"zenzefi_test_{uuid.uuid4().hex[:12]}"
+        with self._admin_engine().connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        self.database_url = make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        if not self.is_postgres or not self.database_url:
+            return
+        name = make_url(self.database_url).database
+        with self._admin_engine().connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def _admin_engine(self) -> sa.Engine:
+        return sa.create_engine(self.server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+def make_backends() -> Backends:
+    server = os.environ.get("TEST_DATABASE_URL") or None
+    return Backends(
+        server_url=normalise_database_url(server) if server else None,
+        redis_url=os.environ.get("TEST_REDIS_URL") or None,
+    )
+
+
+POSTGRES_ONLY_REASON = "needs PostgreSQL row locks and real concurrency (set TEST_DATABASE_URL)"
+REAL_SERVICES_REASON = (
+    "needs real PostgreSQL and Redis shared by several processes (set TEST_DATABASE_URL and TEST_REDIS_URL)"
+)

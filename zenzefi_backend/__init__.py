@@ -1,0 +1,77 @@
+"""Zenzefi backend: sells time-limited access tokens for ZNC and proxies the desktop client upstream."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from dotenv import load_dotenv
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import build_config
+from .errors import register_error_handlers
+from .extensions import api, db, jwt, limiter, metrics, migrate, redis_connection
+from .openapi import SECURITY_SCHEMES
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)
+
+
+def _sqlite_pragmas(app: Flask) -> None:
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        return
+
+    @sa.event.listens_for(db.engine, "connect")
+    def on_connect(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+
+def register_blueprints(app: Flask) -> None:
+    from .accounts.routes import auth_blp, users_blp
+    from .health.routes import blp as health_blp
+
+    for blueprint in (health_blp, auth_blp, users_blp):
+        api.register_blueprint(blueprint)
+
+
+def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
+    load_dotenv(override=False)
+    app = Flask(__name__, instance_path=os.environ.get("ZENZEFI_INSTANCE_PATH") or None,
+                instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.from_mapping(build_config(app.instance_path, config_overrides))
+    _configure_logging(app.config["LOG_LEVEL"])
+
+    if app.config["TRUSTED_PROXY_HOPS"] > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXY_HOPS"])
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
+    redis_connection.init_app(app)
+    jwt.init_app(app)
+    limiter.init_app(app)
+    api.init_app(app, spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}})
+    with app.app_context():
+        _sqlite_pragmas(app)
+
+    from .accounts.auth import init_jwt
+
+    init_jwt(jwt)
+    register_error_handlers(app)
+    register_blueprints(app)
+    metrics.init_app(app)
+
+    from .cli import register_commands
+
+    register_commands(app)
+    return app

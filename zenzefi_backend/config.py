@@ -1,0 +1,212 @@
+"""Settings read once from the environment (and `.env`) into the Flask config.
+
+`SETTINGS` is the single list of what can be configured; the README's configuration table is
+generated from it (`python -m zenzefi_backend.config`), so the two never drift apart.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+DEV_SECRET_PREFIX = "dev-insecure-"  # noqa: S105 - marks development defaults, never a real secret
+MIN_SECRET_LENGTH = 32
+PRODUCTION_SECRETS = ("SECRET_KEY", "JWT_SECRET_KEY", "PAYMENT_WEBHOOK_SECRET")
+WEAK_SECRETS = {"changeme", "secret", "password", "please-change-me"}
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used (raised at start-up, never at request time)."""
+
+
+def as_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def as_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    cast: Callable[[str], Any]
+    default: Any
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ZENZEFI_ENV", str, "development", "`development`, `production` or `testing`."),
+    Setting("SECRET_KEY", str, None, "Flask secret; production needs 32+ random characters."),
+    Setting("JWT_SECRET_KEY", str, None, "HMAC key for JWTs; production needs 32+ random characters."),
+    Setting("DATABASE_URL", str, None, "SQLAlchemy URL; unset → SQLite in `instance/zenzefi.db`."),
+    Setting("REDIS_URL", str, None, "Redis URL; unset → in-process stand-in, memory rate limits, inline jobs."),
+    Setting("ZENZEFI_UPSTREAM_URL", str, "http://127.0.0.1:61001", "Base URL of the Zenzefi upstream server."),
+    Setting("PROXY_CONNECT_TIMEOUT", float, 5.0, "Seconds to connect to the upstream (then 504)."),
+    Setting("PROXY_READ_TIMEOUT", float, 60.0, "Seconds between upstream bytes (then 504)."),
+    Setting("MAX_CONTENT_LENGTH", int, 100 * 1024 * 1024, "Largest request body in bytes (then 413)."),
+    Setting("TOKEN_PRICE_1H", Decimal, Decimal("1"), "Price in ZNC of a 1 h token."),
+    Setting("TOKEN_PRICE_12H", Decimal, Decimal("10"), "Price in ZNC of a 12 h token."),
+    Setting("TOKEN_PRICE_24H", Decimal, Decimal("18"), "Price in ZNC of a 24 h token."),
+    Setting("TOKEN_PRICE_7D", Decimal, Decimal("100"), "Price in ZNC of a 168 h token."),
+    Setting("TOKEN_PRICE_30D", Decimal, Decimal("300"), "Price in ZNC of a 720 h token."),
+    Setting("ZNC_RATE_RUB", Decimal, Decimal("10.00"), "RUB per ZNC."),
+    Setting("ZNC_RATE_USD", Decimal, Decimal("0.11"), "USD per ZNC."),
+    Setting("ZNC_RATE_EUR", Decimal, Decimal("0.10"), "EUR per ZNC."),
+    Setting("PAYMENT_WEBHOOK_SECRET", str, None, "HMAC key of the payment provider's webhook."),
+    Setting("MOCK_PAYMENTS_ENABLED", as_bool, None, "Mock provider and mock-purchase; default on except production."),
+    Setting("SMTP_HOST", str, None, "SMTP server; unset → e-mails written as `.eml` under `instance/mail/`."),
+    Setting("SMTP_PORT", int, 25, "SMTP port."),
+    Setting("SMTP_USERNAME", str, None, "SMTP user (optional)."),
+    Setting("SMTP_PASSWORD", str, None, "SMTP password (optional)."),
+    Setting("SMTP_USE_TLS", as_bool, False, "STARTTLS to the SMTP server."),
+    Setting("MAIL_FROM", str, "Zenzefi <no-reply@zenzefi.local>", "Sender of our e-mails."),
+    Setting("FRONTEND_URL", str, "http://localhost:3000", "Base of links in e-mails and referral links."),
+    Setting("RATELIMIT_ENABLED", as_bool, True, "Turn every rate limit on or off."),
+    Setting("RATELIMIT_REGISTER", str, "5 per hour", "Registrations per client IP."),
+    Setting("RATELIMIT_LOGIN_FAILED", str, "5 per hour", "Failed logins per client IP and e-mail."),
+    Setting("TRUSTED_PROXY_HOPS", int, 0, "Reverse proxies in front of us whose X-Forwarded-For is trusted."),
+    Setting(
+        "CORS_ORIGINS",
+        as_list,
+        [
+            "http://localhost:61000",
+            "https://localhost:61000",
+            "http://127.0.0.1:61000",
+            "https://127.0.0.1:61000",
+        ],
+        "Comma-separated origins allowed by CORS (the desktop client's local origins).",
+    ),
+    Setting("METRICS_TOKEN", str, None, "If set, `/metrics` needs `Authorization: Bearer <token>`."),
+    Setting("WEBHOOK_ALLOW_PRIVATE_TARGETS", as_bool, None, "Allow webhooks to private addresses (dev/tests)."),
+    Setting("SESSION_IDLE_SECONDS", int, 300, "Idle seconds before a device releases a token."),
+    Setting("AUDIT_RETENTION_DAYS", int, 30, "Days audit log rows are kept."),
+    Setting("PASSWORD_HASH_TIME_COST", int, 3, "Argon2id time cost."),
+    Setting("PASSWORD_HASH_MEMORY_KIB", int, 65536, "Argon2id memory cost in KiB."),
+    Setting("HEALTH_REFRESH_SECONDS", int, 50, "How often the cached health check is refreshed."),
+    Setting("HEALTH_TTL_SECONDS", int, 120, "How long a cached health result is trusted."),
+    Setting("LOG_LEVEL", str, "INFO", "Python logging level."),
+)
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        if raw is None or raw == "":
+            values[setting.name] = setting.default
+            continue
+        try:
+            values[setting.name] = setting.cast(raw)
+        except (ValueError, ArithmeticError) as exc:
+            raise ConfigError(f"{setting.name}: {exc}") from exc
+    return values
+
+
+def normalise_database_url(url: str) -> str:
+    """`postgres://` and bare `postgresql://` mean psycopg2 to SQLAlchemy; we ship psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _check_production_secrets(values: Mapping[str, Any]) -> None:
+    problems = []
+    for name in PRODUCTION_SECRETS:
+        secret = values.get(name)
+        if not secret:
+            problems.append(f"{name} is missing")
+        elif (
+            len(secret) < MIN_SECRET_LENGTH
+            or secret.startswith(DEV_SECRET_PREFIX)
+            or secret.lower() in WEAK_SECRETS
+            or len(set(secret)) < 8
+        ):
+            problems.append(f"{name} is weak (use {MIN_SECRET_LENGTH}+ random characters)")
+    if problems:
+        raise ConfigError("refusing to start in production: " + "; ".join(problems))
+
+
+def build_config(
+    instance_path: str, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Everything the app reads from `current_app.config`, resolved once."""
+    values = _read_env(os.environ if environ is None else environ)
+    values.update(overrides or {})
+    env = values["ZENZEFI_ENV"]
+    if env not in {"development", "production", "testing"}:
+        raise ConfigError(f"ZENZEFI_ENV must be development, production or testing, not {env!r}")
+    production = env == "production"
+    if production:
+        _check_production_secrets(values)
+    for name in PRODUCTION_SECRETS:
+        values[name] = values.get(name) or f"{DEV_SECRET_PREFIX}{name.lower()}-do-not-use-in-production"
+    if values.get("MOCK_PAYMENTS_ENABLED") is None:
+        values["MOCK_PAYMENTS_ENABLED"] = not production
+    if values.get("WEBHOOK_ALLOW_PRIVATE_TARGETS") is None:
+        values["WEBHOOK_ALLOW_PRIVATE_TARGETS"] = not production
+
+    database_url = values.get("DATABASE_URL") or f"sqlite:///{Path(instance_path) / 'zenzefi.db'}"
+    database_url = normalise_database_url(database_url)
+    engine_options: dict[str, Any] = {"pool_pre_ping": True}
+    if database_url.startswith("sqlite"):
+        engine_options["connect_args"] = {"timeout": 15}
+    else:
+        engine_options.update(pool_size=10, max_overflow=10, pool_timeout=5, connect_args={"connect_timeout": 3})
+    redis_url = values.get("REDIS_URL") or None
+
+    values.update(
+        ENV=env,
+        IS_PRODUCTION=production,
+        EMBEDDED=redis_url is None,
+        REDIS_URL=redis_url,
+        SQLALCHEMY_DATABASE_URI=database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options,
+        SQLALCHEMY_TRACK_MODIFICATIONS=False,
+        JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=60),
+        JWT_REFRESH_TOKEN_EXPIRES=timedelta(days=30),
+        JWT_TOKEN_LOCATION=["headers"],
+        JWT_ALGORITHM="HS256",
+        RATELIMIT_STORAGE_URI=redis_url or "memory://",
+        RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1} if redis_url else {},
+        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_KEY_PREFIX="zenzefi",
+        JSON_SORT_KEYS=False,
+        API_TITLE="Zenzefi backend",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_REDOC_PATH="redoc",
+        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
+    )
+    values.setdefault("TESTING", env == "testing")
+    return values
+
+
+def settings_table() -> str:
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        default = setting.default
+        if isinstance(default, list):
+            default = ",".join(default)
+        shown = "—" if default is None else f"`{default}`"
+        rows.append(f"| `{setting.name}` | {shown} | {setting.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,148 @@
+"""Domain errors and the one JSON error shape: `{code, status, message[, errors][, extra…]}`."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, jsonify
+from flask_smorest import Api
+from flask_smorest.error_handler import ErrorSchema as SmorestErrorSchema
+from marshmallow import fields
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+log = logging.getLogger(__name__)
+
+
+def error_body(code: int, message: str, errors: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
+    if errors:
+        body["errors"] = dict(errors)
+    body.update(extra)
+    return body
+
+
+def error_response(code: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any):
+    response = jsonify(error_body(code, message, **extra))
+    response.status_code = code
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+class ZenzefiError(Exception):
+    """Base of every error a service raises on purpose; mapped to its status code by one handler."""
+
+    code = 500
+    message = "Internal server error."
+
+    def __init__(self, message: str | None = None, *, headers: Mapping[str, str] | None = None, **extra: Any):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+class BadRequest(ZenzefiError):
+    code = 400
+    message = "Malformed request."
+
+
+class Unauthorized(ZenzefiError):
+    code = 401
+    message = "Missing or invalid credentials."
+
+
+class InvalidCredentials(Unauthorized):
+    message = "Invalid e-mail or password."
+
+
+class PaymentRequired(ZenzefiError):
+    code = 402
+    message = "Insufficient balance."
+
+
+class Forbidden(ZenzefiError):
+    code = 403
+    message = "You are not allowed to do this."
+
+
+class NotFound(ZenzefiError):
+    code = 404
+    message = "Not found."
+
+
+class Conflict(ZenzefiError):
+    code = 409
+    message = "Conflict with the current state."
+
+
+class ValidationFailed(ZenzefiError):
+    code = 422
+    message = "Validation failed."
+
+    def __init__(self, errors: Mapping[str, list[str]], message: str | None = None):
+        super().__init__(message or self.message, errors=dict(errors))
+
+
+class ServiceUnavailable(ZenzefiError):
+    code = 503
+    message = "A dependency is unavailable; try again shortly."
+
+
+def _flatten_locations(messages: Mapping[str, Any]) -> dict[str, Any]:
+    """webargs keys errors by location (`json`, `query`); clients want `{field: [messages]}`."""
+    flat: dict[str, Any] = {}
+    for location, errors in messages.items():
+        if isinstance(errors, Mapping):
+            flat.update(errors)
+        else:
+            flat[location] = errors
+    return flat
+
+
+def _validation_summary(errors: Mapping[str, Any]) -> str:
+    fields_named = ", ".join(sorted(str(name) for name in errors))
+    return f"Validation failed: {fields_named}." if fields_named else "Validation failed."
+
+
+class ErrorSchema(SmorestErrorSchema):
+    """The error body every endpoint returns (documented in OpenAPI)."""
+
+    code = fields.Integer(required=True, metadata={"description": "HTTP status code"})
+    status = fields.String(required=True, metadata={"description": "HTTP reason phrase"})
+    message = fields.String(required=True, metadata={"description": "Human-readable explanation"})
+    errors = fields.Dict(metadata={"description": "Validation errors keyed by field"})
+
+
+class ZenzefiApi(Api):
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error: HTTPException):
+        code = error.code or 500
+        data = getattr(error, "data", None) or {}
+        headers = dict(data.get("headers") or {})
+        errors = data.get("errors")
+        if errors is None and "messages" in data:
+            errors = _flatten_locations(data["messages"])
+        if errors:
+            message = data.get("message") or _validation_summary(errors)
+        else:
+            message = data.get("message") or error.description or HTTPStatus(code).phrase
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            headers["Allow"] = ", ".join(error.valid_methods)
+        if code >= 500:
+            message = HTTPStatus(code).phrase + "."
+        return error_body(code, str(message), errors), code, headers
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ZenzefiError)
+    def handle_domain_error(error: ZenzefiError):
+        return error_response(error.code, error.message, error.headers, **error.extra)
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):
+        log.exception("unhandled error", extra={"error_type": type(error).__name__})
+        return error_response(500, "Internal server error.")

@@ -1,0 +1,77 @@
+"""A per-process cached health report, refreshed in the background so `/health` never waits on a dependency."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from flask import Flask
+
+from ..extensions import get_redis
+from .checks import run_checks
+
+log = logging.getLogger(__name__)
+SHARED_KEY = "zenzefi:health:report"
+
+
+def publish(app: Flask, report: dict[str, Any]) -> None:
+    """Share the report through Redis for operators and other processes (best effort)."""
+    try:
+        with app.app_context():
+            get_redis().set(SHARED_KEY, json.dumps(report), ex=app.config["HEALTH_TTL_SECONDS"])
+    except Exception:  # Redis being down is already in the report itself
+        log.debug("could not publish health report", exc_info=True)
+
+
+class HealthMonitor:
+    extension_key = "zenzefi-health"
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.refresh_seconds = app.config["HEALTH_REFRESH_SECONDS"]
+        self.ttl_seconds = app.config["HEALTH_TTL_SECONDS"]
+        self._report: dict[str, Any] | None = None
+        self._checked_at = 0.0
+        self._lock = threading.Lock()
+        self._refreshing = False
+        self._fresh = threading.Condition(self._lock)
+
+    @classmethod
+    def for_app(cls, app: Flask) -> HealthMonitor:
+        monitor = app.extensions.get(cls.extension_key)
+        if monitor is None:
+            monitor = app.extensions.setdefault(cls.extension_key, cls(app))
+        return monitor
+
+    def _refresh(self) -> None:
+        try:
+            report = run_checks(self.app)
+            publish(self.app, report)
+        except Exception:
+            log.exception("health check failed to run")
+            report = None
+        with self._lock:
+            if report is not None:
+                self._report, self._checked_at = report, time.monotonic()
+            self._refreshing = False
+            self._fresh.notify_all()
+
+    def _start_refresh_locked(self) -> None:
+        if not self._refreshing:
+            self._refreshing = True
+            threading.Thread(target=self._refresh, name="health-refresh", daemon=True).start()
+
+    def current(self, wait_seconds: float) -> dict[str, Any] | None:
+        """The cached report; a stale one triggers a background refresh. Waits only if none is usable."""
+        with self._lock:
+            age = time.monotonic() - self._checked_at
+            if self._report is None or age >= self.refresh_seconds:
+                self._start_refresh_locked()
+            if self._report is None or age >= self.ttl_seconds:
+                self._fresh.wait(timeout=wait_seconds)
+                age = time.monotonic() - self._checked_at
+                if self._report is None or age >= self.ttl_seconds:
+                    return None
+            return self._report

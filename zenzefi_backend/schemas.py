@@ -1,0 +1,38 @@
+"""Schema building blocks shared by every domain."""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields
+
+from .money import InvalidAmount, format_amount, parse_amount
+
+
+class BaseSchema(Schema):
+    """Unknown input fields are an error (no mass assignment), also in nested schemas."""
+
+    class Meta:
+        unknown = RAISE
+        ordered = True
+
+
+class MoneyField(fields.Field):
+    """Money in: a string or number with ≤ 2 decimals, 0 < x ≤ 1,000,000.00. Money out: `"81.00"`."""
+
+    def __init__(self, *, allow_negative: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.allow_negative = allow_negative
+
+    def _serialize(self, value: Decimal | None, attr, obj, **kwargs) -> str | None:
+        return None if value is None else format_amount(value)
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> Decimal:
+        try:
+            return parse_amount(value, allow_negative=self.allow_negative)
+        except InvalidAmount as exc:
+            raise ValidationError(str(exc)) from None
+
+
+class MessageSchema(BaseSchema):
+    message = fields.String(required=True)
