@@ -5,6 +5,7 @@ and each run has a per-slot key, so a slot is enqueued once even if two leaders 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
@@ -27,10 +28,16 @@ SLOT_KEY = "zenzefi:scheduler:slot:{name}:{slot}"
 LEASE_SECONDS = 30
 TICK_SECONDS = 1.0
 
-# Renew the lease only if we still hold it.
+# Renew or release the lease only if we still hold it.
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
 end
 return 0
 """
@@ -77,6 +84,7 @@ class PeriodicScheduler:
         self.identity = uuid.uuid4().hex
         self.stopped = threading.Event()
         self._renew = connection.register_script(_RENEW)
+        self._release = connection.register_script(_RELEASE)
 
     def is_leader(self) -> bool:
         lease_ms = LEASE_SECONDS * 1000
@@ -121,8 +129,5 @@ class PeriodicScheduler:
         self.release()
 
     def release(self) -> None:
-        try:
-            if self.connection.get(LEADER_KEY) == self.identity.encode():
-                self.connection.delete(LEADER_KEY)
-        except RedisError:
-            pass
+        with contextlib.suppress(RedisError):
+            self._release(keys=[LEADER_KEY], args=[self.identity])

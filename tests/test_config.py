@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from zenzefi_backend.config import ConfigError, build_config, normalise_database_url
+
+STRONG = "q8Zr-2vLk9Wx4Tn7Bc1Hy6Jm3Fd5Sg0Pa"
+
+
+def production(**env) -> dict:
+    base = {"ZENZEFI_ENV": "production", "SECRET_KEY": STRONG, "JWT_SECRET_KEY": STRONG + "j",
+            "PAYMENT_WEBHOOK_SECRET": STRONG + "p"}
+    base.update(env)
+    return base
+
+
+def test_embedded_default_without_service_urls(tmp_path):
+    config = build_config(str(tmp_path), environ={})
+    assert config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'zenzefi.db'}"
+    assert config["EMBEDDED"] is True and config["REDIS_URL"] is None
+    assert config["RATELIMIT_STORAGE_URI"] == "memory://"
+    assert config["MOCK_PAYMENTS_ENABLED"] is True
+    assert config["TOKEN_PRICE_24H"] == Decimal("18")
+
+
+def test_production_starts_with_strong_secrets(tmp_path):
+    config = build_config(str(tmp_path), environ=production(DATABASE_URL="postgres://u@db/z", REDIS_URL="redis://r"))
+    assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://u@db/z"
+    assert config["RATELIMIT_STORAGE_URI"] == "redis://r"
+    assert config["MOCK_PAYMENTS_ENABLED"] is False
+    assert config["WEBHOOK_ALLOW_PRIVATE_TARGETS"] is False
+
+
+@pytest.mark.parametrize(
+    "env, named",
+    [
+        ({"SECRET_KEY": ""}, "SECRET_KEY is missing"),
+        ({"JWT_SECRET_KEY": "short"}, "JWT_SECRET_KEY is weak"),
+        ({"PAYMENT_WEBHOOK_SECRET": "a" * 40}, "PAYMENT_WEBHOOK_SECRET is weak"),
+        ({"SECRET_KEY": "dev-insecure-" + STRONG}, "SECRET_KEY is weak"),
+    ],
+)
+def test_production_refuses_missing_or_weak_secrets_and_names_them(tmp_path, env, named):
+    with pytest.raises(ConfigError, match=named):
+        build_config(str(tmp_path), environ=production(**env))
+
+
+def test_bad_values_are_reported_by_name(tmp_path):
+    with pytest.raises(ConfigError, match="SESSION_IDLE_SECONDS"):
+        build_config(str(tmp_path), environ={"SESSION_IDLE_SECONDS": "soon"})
+    with pytest.raises(ConfigError, match="ZENZEFI_ENV"):
+        build_config(str(tmp_path), environ={"ZENZEFI_ENV": "staging"})
+
+
+def test_create_app_refuses_to_start_in_production_without_secrets(monkeypatch, tmp_path):
+    from zenzefi_backend import create_app
+
+    monkeypatch.setenv("ZENZEFI_INSTANCE_PATH", str(tmp_path))
+    for name in ("SECRET_KEY", "JWT_SECRET_KEY", "PAYMENT_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="SECRET_KEY is missing"):
+        create_app({"ZENZEFI_ENV": "production"})
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [("postgres://a@b/c", "postgresql+psycopg://a@b/c"), ("postgresql://a@b/c", "postgresql+psycopg://a@b/c"),
+     ("postgresql+psycopg://a@b/c", "postgresql+psycopg://a@b/c"), ("sqlite:///x.db", "sqlite:///x.db")],
+)
+def test_database_urls_use_psycopg3(url, expected):
+    assert normalise_database_url(url) == expected

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+from flask import Blueprint
+
+
+def test_unknown_route_is_a_json_404(client):
+    response = client.get("/no/such/thing")
+    assert response.status_code == 404
+    assert response.is_json
+    assert response.get_json() == {"code": 404, "status": "Not Found", "message": response.get_json()["message"]}
+
+
+def test_wrong_method_is_a_json_405_with_allow(client):
+    response = client.delete("/api/v1/auth/login")
+    assert response.status_code == 405
+    assert response.get_json()["code"] == 405
+    assert "POST" in response.headers["Allow"]
+
+
+def test_unexpected_exception_is_a_json_500_without_a_traceback(app):
+    from zenzefi_backend import create_app
+
+    broken = create_app({**{k: app.config[k] for k in ("ZENZEFI_ENV", "DATABASE_URL", "REDIS_URL")}})
+    blueprint = Blueprint("boom", __name__)
+
+    @blueprint.route("/boom")
+    def boom():
+        raise RuntimeError("secret internals /etc/passwd")
+
+    broken.register_blueprint(blueprint)
+    response = broken.test_client().get("/boom")
+    assert response.status_code == 500
+    assert response.get_json() == {"code": 500, "status": "Internal Server Error", "message": "Internal server error."}
+    assert "secret internals" not in response.get_data(as_text=True)
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_openapi_document_declares_security_schemes_and_routes(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.")
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["scheme"] == "bearer"
+    assert schemes["accessTokenAuth"] == {**schemes["accessTokenAuth"], "type": "apiKey", "in": "header",
+                                          "name": "X-Access-Token"}
+    me = spec["paths"]["/api/v1/users/me"]
+    assert me["get"]["security"] == [{"bearerAuth": []}]
+    assert "401" in me["get"]["responses"]
+    assert spec["paths"]["/api/v1/auth/login"]["post"]["security"] == []
+    assert "/health" in spec["paths"]
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_documentation_pages_are_served(client, path):
+    response = client.get(path)
+    assert response.status_code == 200
+    assert b"openapi.json" in response.data
+
+
+def test_every_documented_operation_declares_its_security(client):
+    spec = client.get("/openapi.json").get_json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert "security" in operation, f"{method.upper()} {path} does not say how it is authenticated"

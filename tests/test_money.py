@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from zenzefi_backend.money import InvalidAmount, format_amount, parse_amount, quantize, round_down
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("81", "81.00"), (81, "81.00"), ("0.01", "0.01"), (0.1, "0.10"), ("1000000.00", "1000000.00"),
+     (" 12.5 ", "12.50"), ("1.230", "1.23")],
+)
+def test_accepted_amounts(raw, expected):
+    assert format_amount(parse_amount(raw)) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [-1, 0, "0", "0.001", "NaN", "Infinity", "1e309", 1e309, 10**12, "abc", "", None, True, [], {}, "1000000.01"],
+)
+def test_rejected_amounts(raw):
+    with pytest.raises(InvalidAmount):
+        parse_amount(raw)
+
+
+def test_signed_amounts_for_adjustments():
+    assert parse_amount("-5.5", allow_negative=True) == Decimal("-5.50")
+    with pytest.raises(InvalidAmount):
+        parse_amount("0", allow_negative=True)
+
+
+def test_rounding_rules():
+    assert quantize(Decimal("0.125")) == Decimal("0.12")
+    assert quantize(Decimal("0.135")) == Decimal("0.14")
+    assert round_down(Decimal("16.199")) == Decimal("16.19")
+    assert round_down(Decimal("-0.001")) == Decimal("0.00")
