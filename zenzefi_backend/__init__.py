@@ -38,9 +38,12 @@ def _sqlite_pragmas(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from .accounts.routes import auth_blp, users_blp
+    from .admin.routes import blp as admin_blp
     from .health.routes import blp as health_blp
+    from .ledger.routes import blp as currency_blp
+    from .tokens.routes import blp as tokens_blp
 
-    for blueprint in (health_blp, auth_blp, users_blp):
+    for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, currency_blp, admin_blp):
         api.register_blueprint(blueprint)
 
 

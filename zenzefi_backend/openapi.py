@@ -35,3 +35,12 @@ def errors(*codes: int) -> Callable:
         return view
 
     return decorate
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "Replays within 24 h return the first response; same key with another body → 422; "
+                   "while the first is still running → 409.",
+}

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..clock import now
+from ..database import Money, UTCDateTime, UUIDPrimaryKey, db
+
+SCOPES = ("full", "certificates_only")
+SOURCES = ("purchase", "bundle", "auto_renewal")
+
+
+class AccessToken(UUIDPrimaryKey, db.Model):
+    """A purchased token. Only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "access_tokens"
+    __table_args__ = (
+        sa.Index("ix_access_tokens_user_id_created_at", "user_id", "created_at"),
+        sa.CheckConstraint("paid_znc >= 0", name="paid_non_negative"),
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("users.id"), nullable=False)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), nullable=False, unique=True)
+    token_hint: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    duration_hours: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    scope: Mapped[str] = mapped_column(sa.String(32), nullable=False, default="full")
+    paid_znc: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    source: Mapped[str] = mapped_column(sa.String(16), nullable=False, default="purchase")
+    bundle_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=now)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def status_at(self, moment: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.activated_at is None:
+            return "ready"
+        if self.expires_at is not None and self.expires_at <= moment:
+            return "expired"
+        return "active"
+
+    @property
+    def status(self) -> str:
+        return self.status_at(now())

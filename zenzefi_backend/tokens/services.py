@@ -1,0 +1,160 @@
+"""Access tokens: purchase, listing, revoke with the pro-rata refund of what was paid."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..accounts.models import User
+from ..audit.services import record
+from ..clock import now
+from ..database import db
+from ..errors import Conflict, NotFound
+from ..ledger import services as ledger
+from ..money import format_amount, round_down
+from ..notifications.outbox import emit
+from ..pagination import paginate
+from .models import AccessToken
+from .pricing import price_for
+
+SECRET_BYTES = 48  # 48 random bytes → 64 URL-safe characters
+
+
+class TokenNotFound(NotFound):
+    message = "Token not found."
+
+
+class TokenExpired(Conflict):
+    message = "The token has expired; there is nothing left to refund."
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(SECRET_BYTES)
+
+
+def hint_for(secret: str) -> str:
+    return f"{secret[:6]}...{secret[-4:]}"
+
+
+@dataclass
+class IssuedToken:
+    """A token together with its secret, which exists only in this response."""
+
+    record: AccessToken
+    secret: str
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.record, name)
+
+
+def build_token(user_id: uuid.UUID, duration_hours: int, scope: str, paid: Decimal, *, source: str = "purchase",
+                bundle_id: uuid.UUID | None = None) -> IssuedToken:
+    secret = new_secret()
+    token = AccessToken(
+        id=uuid.uuid4(), user_id=user_id, token_hash=hash_secret(secret), token_hint=hint_for(secret),
+        duration_hours=duration_hours, scope=scope, paid_znc=paid, source=source, bundle_id=bundle_id,
+        created_at=now(),
+    )
+    db.session.add(token)
+    return IssuedToken(token, secret)
+
+
+def after_debit(user_id: uuid.UUID, entry) -> None:
+    """Events every debit may cause."""
+    if ledger.crossed_below_low_balance(entry):
+        emit("balance.low", user_id, balance=format_amount(entry.balance_after))
+
+
+def purchase_token(user: User, duration_hours: int, scope: str = "full", *, source: str = "purchase") -> IssuedToken:
+    """One DB transaction: lock the user, debit, insert the token and its ledger entry, write the events."""
+    price = price_for(duration_hours)
+    ledger.lock_user(user.id)
+    issued = build_token(user.id, duration_hours, scope, price, source=source)
+    entry = ledger.apply(user.id, -price, "purchase", f"Access token {duration_hours} h ({scope})",
+                         reference_type="access_token", reference_id=issued.record.id)
+    emit("token.purchased", user.id, token_id=str(issued.record.id), duration_hours=duration_hours, scope=scope,
+         paid_znc=format_amount(price), source=source)
+    after_debit(user.id, entry)
+    record("token.purchased", actor_id=user.id, resource_type="access_token", resource_id=issued.record.id,
+           details={"duration_hours": duration_hours, "scope": scope, "paid_znc": format_amount(price)})
+    db.session.commit()
+    return issued
+
+
+def list_tokens(user: User, *, active_only: bool, limit: int, offset: int) -> dict[str, Any]:
+    statement = (
+        sa.select(AccessToken)
+        .where(AccessToken.user_id == user.id)
+        .order_by(AccessToken.created_at.desc(), AccessToken.id.desc())
+    )
+    if active_only:
+        statement = statement.where(
+            AccessToken.revoked_at.is_(None),
+            sa.or_(AccessToken.expires_at.is_(None), AccessToken.expires_at > now()),
+        )
+    return paginate(statement, limit, offset)
+
+
+def get_own_token(user: User, token_id: uuid.UUID, *, for_update: bool = False) -> AccessToken:
+    statement = sa.select(AccessToken).where(AccessToken.id == token_id, AccessToken.user_id == user.id)
+    if for_update:
+        statement = statement.with_for_update().execution_options(populate_existing=True)
+    token = db.session.scalar(statement)
+    if token is None:
+        raise TokenNotFound()
+    return token
+
+
+def refund_for(token: AccessToken, moment: datetime) -> Decimal:
+    """`paid × unused / duration`, rounded down to the cent; never more than paid, never negative."""
+    duration = timedelta(hours=token.duration_hours)
+    if token.activated_at is None:
+        unused = duration
+    else:
+        unused = max(timedelta(0), min(duration, token.expires_at - moment))
+    fraction = Decimal(unused // timedelta(microseconds=1)) / Decimal(duration // timedelta(microseconds=1))
+    return min(token.paid_znc, round_down(token.paid_znc * fraction))
+
+
+def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
+    moment = now()
+    token = get_own_token(user, token_id, for_update=True)
+    if token.revoked_at is not None:
+        raise TokenNotFound()
+    if token.status_at(moment) == "expired":
+        raise TokenExpired()
+    refund = refund_for(token, moment)
+    # The conditional update makes a concurrent second revoke lose even where row locks don't exist (SQLite).
+    revoked = db.session.execute(
+        sa.update(AccessToken)
+        .where(AccessToken.id == token.id, AccessToken.revoked_at.is_(None))
+        .values(revoked_at=moment)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if revoked != 1:
+        db.session.rollback()
+        raise TokenNotFound()
+    if refund > 0:
+        ledger.apply(user.id, refund, "refund", f"Refund for revoked token {token.token_hint}",
+                     reference_type="access_token", reference_id=token.id)
+    emit("token.revoked", user.id, token_id=str(token.id), refund_amount=format_amount(refund))
+    record("token.revoked", actor_id=user.id, resource_type="access_token", resource_id=token.id,
+           details={"refund_amount": format_amount(refund)})
+    db.session.commit()
+    balance = db.session.scalar(sa.select(User.balance).where(User.id == user.id))
+    return {
+        "revoked": True,
+        "refund_amount": refund,
+        "new_balance": balance,
+        "message": f"Token revoked; {format_amount(refund)} ZNC refunded.",
+    }
