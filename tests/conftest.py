@@ -116,6 +116,17 @@ class Accounts:
         tokens = self.login(user["email"], user["password"])
         return {**user, **tokens, "headers": {"Authorization": f"Bearer {tokens['access_token']}"}}
 
+    def fund(self, user_id: str, amount: str) -> None:
+        """Credit a user through the ledger (an `adjustment` entry), as a superuser would."""
+        from decimal import Decimal
+
+        from zenzefi_backend.extensions import db
+        from zenzefi_backend.ledger import services as ledger
+
+        with self.app.app_context():
+            ledger.apply(uuid.UUID(user_id), Decimal(amount), "adjustment", "test funding")
+            db.session.commit()
+
     def set_flags(self, user_id: str, **flags) -> None:
         from zenzefi_backend.accounts.models import User
         from zenzefi_backend.extensions import db
