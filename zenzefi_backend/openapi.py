@@ -40,7 +40,7 @@ IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": 255},
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "\\S"},
     "description": "Replays within 24 h return the first response; same key with another body → 422; "
                    "while the first is still running → 409.",
 }

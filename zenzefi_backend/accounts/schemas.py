@@ -20,7 +20,8 @@ def _deliverable_syntax(value: str) -> None:
 
 
 class RegisterSchema(BaseSchema):
-    email = fields.String(required=True, validate=[validate.Length(max=255), _deliverable_syntax])
+    email = fields.String(required=True, validate=[validate.Length(max=255), _deliverable_syntax],
+                          metadata={"format": "email"})
     username = fields.String(required=True, validate=USERNAME)
     password = fields.String(required=True, load_only=True, validate=PASSWORD)
     full_name = fields.String(allow_none=True, validate=validate.Length(max=255))
