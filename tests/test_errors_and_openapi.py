@@ -66,3 +66,14 @@ def test_every_documented_operation_declares_its_security(client):
             if method == "parameters":  # path-level parameters, not an operation
                 continue
             assert "security" in operation, f"{method.upper()} {path} does not say how it is authenticated"
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [("/api/v1/auth/login", {"email": "a\x00@example.com", "password": "x"}),
+     ("/api/v1/auth/register", {"email": "a@example.com", "username": "nul\x00", "password": "long enough"})],
+)
+def test_nul_characters_are_a_422_not_a_database_error(client, path, body):
+    response = client.post(path, json=body)
+    assert response.status_code == 422
+    assert response.get_json()["errors"]

@@ -74,7 +74,7 @@ def test_request_still_running_is_409(app, client, buyer):
     assert balance(client, buyer) == "100.00"
 
 
-@pytest.mark.parametrize("key", ["", "   ", "k" * 256])
+@pytest.mark.parametrize("key", ["", "   ", "k" * 256, "tab\there"])
 def test_malformed_keys_are_400(client, buyer, key):
     assert purchase(client, buyer, key).status_code == 400
     assert balance(client, buyer) == "100.00"

@@ -114,8 +114,8 @@ def idempotent(view: Callable) -> Callable:
         key = request.headers.get(HEADER)
         if key is None:
             return view(*args, **kwargs)
-        if not key.strip() or len(key) > MAX_KEY_LENGTH:
-            raise BadRequest(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters.")
+        if not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+            raise BadRequest(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters.")
         user_id = current_user.id
         stored = _claim(user_id, key, _fingerprint())
         if stored is not None:

@@ -1,4 +1,4 @@
-"""`{items, total, limit, offset}` lists with `limit` (1–100, default 50) and `offset` (≥ 0)."""
+"""`{items, total, limit, offset}` lists with `limit` (1–100, default 50) and `offset` (0–1,000,000,000)."""
 from __future__ import annotations
 
 from functools import cache
@@ -10,13 +10,16 @@ from marshmallow import Schema, fields, validate
 from .database import db
 from .schemas import BaseSchema
 
+MAX_OFFSET = 1_000_000_000
+
 
 class PageQuerySchema(BaseSchema):
     class Meta(BaseSchema.Meta):
         unknown = "exclude"
 
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=100))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    # Capped so that no database is ever asked for an offset beyond its integer range (that would be a 500).
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_OFFSET))
 
 
 @cache

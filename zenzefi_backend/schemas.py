@@ -4,9 +4,19 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load
 
 from .money import InvalidAmount, format_amount, parse_amount
+
+
+def _nul_fields(data: Any, path: str = "") -> list[str]:
+    if isinstance(data, str):
+        return [path or "_schema"] if "\x00" in data else []
+    if isinstance(data, dict):
+        return [hit for key, value in data.items() for hit in _nul_fields(value, str(key))]
+    if isinstance(data, list):
+        return [hit for value in data for hit in _nul_fields(value, path)]
+    return []
 
 
 class BaseSchema(Schema):
@@ -15,6 +25,14 @@ class BaseSchema(Schema):
     class Meta:
         unknown = RAISE
         ordered = True
+
+    @pre_load(pass_collection=True)
+    def reject_nul_characters(self, data: Any, **kwargs: Any) -> Any:
+        """NUL is never valid text here, and PostgreSQL cannot store it (it would be a 500)."""
+        hits = _nul_fields(data)
+        if hits:
+            raise ValidationError({field: ["Must not contain NUL characters."] for field in hits})
+        return data
 
 
 class MoneyField(fields.Field):

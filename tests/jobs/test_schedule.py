@@ -23,7 +23,8 @@ def test_only_one_scheduler_leads(app_ctx):
 
 def test_a_slot_is_enqueued_once_even_by_two_schedulers(app_ctx):
     moment = datetime(2026, 11, 22, 12, 0, 10, tzinfo=UTC)
-    first, second = PeriodicScheduler(get_redis()), PeriodicScheduler(get_redis())
+    schedule = (Periodic("health_check", health_check, every_seconds=50),)
+    first, second = PeriodicScheduler(get_redis(), schedule), PeriodicScheduler(get_redis(), schedule)
     assert first.enqueue_due(moment) == ["health_check"]
     assert second.enqueue_due(moment) == []
     assert first.enqueue_due(moment.replace(second=40)) == []  # same 50-second slot

@@ -116,7 +116,8 @@ def test_my_tokens_lists_own_tokens_newest_first_without_secrets(client, buyer, 
     assert [item["id"] for item in second["items"]] == [ids[1]] and second["total"] == 3
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "offset=-1", "limit=abc", "active_only=maybe"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "offset=-1", "offset=363502585583011233792",
+                                   "limit=abc", "active_only=maybe"])
 def test_list_parameters_out_of_range_are_422(client, buyer, query):
     assert client.get(f"/api/v1/tokens/my-tokens?{query}", headers=buyer["headers"]).status_code == 422
 
