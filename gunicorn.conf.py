@@ -2,6 +2,12 @@
 import multiprocessing
 import os
 import shutil
+import tempfile
+
+# Workers share their metrics through files in this directory, so /metrics is right whichever worker answers.
+# It must be in the environment before a worker imports prometheus_client; set here when the caller did not.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="zenzefi-metrics-")
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 worker_class = "gthread"
@@ -21,15 +27,13 @@ preload_app = False
 
 
 def on_starting(server):
-    """Multiprocess metrics need a clean directory per run (set PROMETHEUS_MULTIPROC_DIR before start)."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory, exist_ok=True)
+    """Multiprocess metrics need a clean directory per run."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)
 
 
 def child_exit(server, worker):
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
-        GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
+    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
