@@ -18,7 +18,8 @@ def test_accepted_amounts(raw, expected):
 
 @pytest.mark.parametrize(
     "raw",
-    [-1, 0, "0", "0.001", "NaN", "Infinity", "1e309", 1e309, 10**12, "abc", "", None, True, [], {}, "1000000.01"],
+    [-1, 0, "0", "0.001", "NaN", "Infinity", "1e309", 1e309, 10**12, "abc", "", None, True, [], {}, "1000000.01",
+     "1E+999999999", "9" * 100, "1e-999999999", "-0"],
 )
 def test_rejected_amounts(raw):
     with pytest.raises(InvalidAmount):

@@ -41,9 +41,13 @@ def register_blueprints(app: Flask) -> None:
     from .admin.routes import blp as admin_blp
     from .health.routes import blp as health_blp
     from .ledger.routes import blp as currency_blp
+    from .payments.routes import blp as payments_blp
+    from .payments.routes import mock_blp as mock_provider_blp
+    from .payments.routes import webhook_blp as payment_webhook_blp
     from .tokens.routes import blp as tokens_blp
 
-    for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, currency_blp, admin_blp):
+    for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, currency_blp, payments_blp, payment_webhook_blp,
+                      mock_provider_blp, admin_blp):
         api.register_blueprint(blueprint)
 
 

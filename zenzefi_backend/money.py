@@ -24,12 +24,13 @@ def parse_amount(value: object, *, allow_negative: bool = False) -> Decimal:
         raise InvalidAmount("Not a valid amount.") from None
     if not amount.is_finite():
         raise InvalidAmount("Not a valid amount.")
-    if amount.as_tuple().exponent < -2 and amount != amount.quantize(CENT):
-        raise InvalidAmount("At most 2 decimal places.")
     if amount == 0 or (amount < 0 and not allow_negative):
         raise InvalidAmount("Must be greater than 0." if not allow_negative else "Must not be 0.")
-    if abs(amount) > MAX_AMOUNT:
+    # Magnitude first: quantizing 1E+999999999 would overflow the decimal context.
+    if amount.copy_abs() > MAX_AMOUNT:
         raise InvalidAmount(f"Must be at most {MAX_AMOUNT}.")
+    if amount != amount.quantize(CENT, rounding=ROUND_DOWN):
+        raise InvalidAmount("At most 2 decimal places.")
     return amount.quantize(CENT)
 
 

@@ -39,6 +39,12 @@ class MoneyField(fields.Field):
     """Money in: a string or number with ≤ 2 decimals, 0 < x ≤ 1,000,000.00. Money out: `"81.00"`."""
 
     def __init__(self, *, allow_negative: bool = False, **kwargs: Any):
+        documented = {
+            "oneOf": [{"type": "string", "pattern": r"^-?\d+(\.\d{1,2})?$"}, {"type": "number"}],
+            "example": "81.00",
+            "description": "ZNC, a decimal string with two places (input also accepts a JSON number)",
+        }
+        kwargs["metadata"] = {**documented, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
         self.allow_negative = allow_negative
 

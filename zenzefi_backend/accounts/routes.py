@@ -4,10 +4,9 @@ from flask import current_app, request
 from flask.views import MethodView
 from flask_jwt_extended import current_user, get_jwt, jwt_required
 from flask_limiter.util import get_remote_address
-from flask_smorest import Blueprint
 
 from ..extensions import limiter
-from ..openapi import BEARER, PUBLIC, REFRESH, errors
+from ..openapi import BEARER, PUBLIC, REFRESH, Blueprint, errors
 from . import services
 from .auth import bearer_is_superuser
 from .schemas import (

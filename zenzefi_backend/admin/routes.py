@@ -5,13 +5,12 @@ import uuid
 
 from flask.views import MethodView
 from flask_jwt_extended import current_user
-from flask_smorest import Blueprint
 
 from ..accounts.auth import superuser_required
 from ..idempotency import idempotent
 from ..ledger import services as ledger
 from ..ledger.schemas import LedgerVerificationSchema, TransactionSchema
-from ..openapi import BEARER, IDEMPOTENCY_KEY, errors
+from ..openapi import BEARER, IDEMPOTENCY_KEY, Blueprint, errors
 from .schemas import BalanceAdjustmentSchema
 
 blp = Blueprint("admin", __name__, url_prefix="/api/v1/admin", description="Superuser operations.")

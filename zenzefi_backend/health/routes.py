@@ -5,7 +5,6 @@ import json
 import sqlalchemy as sa
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..accounts.auth import superuser_required
 from ..clock import now
@@ -13,7 +12,7 @@ from ..database import db
 from ..errors import error_response
 from ..extensions import get_redis, limiter
 from ..jobs.queues import queue_stats
-from ..openapi import BEARER, PUBLIC, errors
+from ..openapi import BEARER, PUBLIC, Blueprint, errors
 from .checks import run_checks
 from .monitor import SHARED_KEY, HealthMonitor
 from .schemas import DetailedHealthSchema, HealthSchema, ProbeSchema

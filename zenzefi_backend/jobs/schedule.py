@@ -20,6 +20,7 @@ from rq import Queue
 
 from ..clock import now
 from .health import health_check
+from .payments import expire_pending_payments_job
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Periodic:
 
 SCHEDULE: tuple[Periodic, ...] = (
     Periodic("health_check", health_check, every_seconds=50, timeout_seconds=30),
+    Periodic("expire_payments", expire_pending_payments_job, every_seconds=300),
 )
 
 

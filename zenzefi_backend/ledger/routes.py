@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from flask.views import MethodView
 from flask_jwt_extended import current_user, jwt_required
-from flask_smorest import Blueprint
 
-from ..openapi import BEARER, PUBLIC, errors
+from ..openapi import BEARER, PUBLIC, Blueprint, errors
 from ..pagination import page_schema
 from ..tokens.pricing import rates
 from . import services

@@ -21,6 +21,7 @@ from ..pagination import paginate
 from .models import TRANSACTION_TYPES, Transaction
 
 LOW_BALANCE_THRESHOLD = Decimal("10.00")
+MAX_BALANCE = Decimal("9999999999.99")  # what Numeric(12, 2) can hold
 
 
 class InsufficientBalance(PaymentRequired):
@@ -34,6 +35,10 @@ class InsufficientBalance(PaymentRequired):
 
 class BalanceWouldGoNegative(Conflict):
     message = "The balance cannot go below zero."
+
+
+class BalanceLimitExceeded(Conflict):
+    message = "The balance would exceed the largest amount an account can hold."
 
 
 def lock_user(user_id: uuid.UUID) -> User:
@@ -68,12 +73,14 @@ def apply(
     new_balance = sa.func.round(User.balance + amount, 2)
     balance_after = db.session.scalar(
         sa.update(User)
-        .where(User.id == user_id, new_balance >= 0)
+        .where(User.id == user_id, new_balance >= 0, new_balance <= MAX_BALANCE)
         .values(balance=new_balance)
         .returning(User.balance)
         .execution_options(synchronize_session=False)
     )
     if balance_after is None:
+        if amount > 0:
+            raise BalanceLimitExceeded()
         if on_short is not None:
             raise on_short()
         raise InsufficientBalance(required=-amount, available=_current_balance(user_id))

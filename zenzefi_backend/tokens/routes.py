@@ -4,10 +4,9 @@ import uuid
 
 from flask.views import MethodView
 from flask_jwt_extended import current_user, jwt_required
-from flask_smorest import Blueprint
 
 from ..idempotency import idempotent
-from ..openapi import BEARER, IDEMPOTENCY_KEY, PUBLIC, errors
+from ..openapi import BEARER, IDEMPOTENCY_KEY, PUBLIC, Blueprint, errors
 from ..pagination import page_schema
 from . import services
 from .pricing import price_list
