@@ -71,3 +71,21 @@ def test_create_app_refuses_to_start_in_production_without_secrets(monkeypatch, 
 )
 def test_database_urls_use_psycopg3(url, expected):
     assert normalise_database_url(url) == expected
+
+
+def test_trusted_proxy_hops_decide_the_client_address_and_scheme(backends, tmp_path):
+    from flask import request
+
+    from tests.conftest import app_config
+    from zenzefi_backend import create_app
+
+    for hops, expected in ((0, ("127.0.0.1", "http")), (1, ("203.0.113.7", "https"))):
+        app = create_app(app_config(backends, tmp_path, TRUSTED_PROXY_HOPS=hops))
+
+        @app.get("/whoami")
+        def whoami():
+            return {"who": [request.remote_addr, request.scheme]}
+
+        response = app.test_client().get("/whoami", headers={"X-Forwarded-For": "203.0.113.7",
+                                                             "X-Forwarded-Proto": "https"})
+        assert tuple(response.get_json()["who"]) == expected
