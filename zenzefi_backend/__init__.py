@@ -11,10 +11,15 @@ from dotenv import load_dotenv
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import build_config
-from .errors import register_error_handlers
-from .extensions import api, db, jwt, limiter, metrics, migrate, redis_connection
-from .openapi import SECURITY_SCHEMES
+# Set but empty, this variable would make prometheus_client (imported just below) write its files into the
+# working directory and /metrics fail; treat it as unset before anything imports prometheus_client.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+from .config import build_config  # noqa: E402
+from .errors import register_error_handlers  # noqa: E402
+from .extensions import api, db, jwt, limiter, metrics, migrate, redis_connection  # noqa: E402
+from .openapi import SECURITY_SCHEMES  # noqa: E402
 
 
 def _configure_logging(level: str) -> None:

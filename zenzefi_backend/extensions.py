@@ -41,8 +41,8 @@ def _metrics_guard(view):
     def guarded(*args, **kwargs):
         token = current_app.config.get("METRICS_TOKEN")
         if token:
-            presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(presented.encode(), token.encode()):
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
                 return error_response(401, "A valid metrics token is required.")
         return view(*args, **kwargs)
 

@@ -5,12 +5,14 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from flask import Flask
 
 from ..extensions import get_redis
-from .checks import run_checks
+from .checks import check_database, check_redis, run_checks, run_one
 
 log = logging.getLogger(__name__)
 SHARED_KEY = "zenzefi:health:report"
@@ -75,3 +77,49 @@ class HealthMonitor:
                 if self._report is None or age >= self.ttl_seconds:
                     return None
             return self._report
+
+
+class SharedProbe:
+    """Readiness check of one dependency, shared by every request of the process.
+
+    Concurrent callers share one running probe, and a caller waits at most `wait_seconds` from the
+    probe's start: behind a hung database, piled-up readiness requests answer "down" at once instead of
+    pinning web threads. A probe stuck for `abandon_seconds` is left behind and a fresh one started, so
+    recovery is seen even if a socket never returns.
+    """
+
+    def __init__(self, app: Flask, check, abandon_seconds: float = 10.0):
+        self.app = app
+        self.check = check
+        self.abandon_seconds = abandon_seconds
+        self._lock = threading.Lock()
+        self._running: tuple[Future, float] | None = None
+
+    def _run(self, outcome: Future) -> None:
+        outcome.set_result(run_one(self.app, self.check)["status"])
+        with self._lock:
+            if self._running is not None and self._running[0] is outcome:
+                self._running = None
+
+    def status(self, wait_seconds: float) -> str:
+        with self._lock:
+            moment = time.monotonic()
+            if self._running is None or moment - self._running[1] > self.abandon_seconds:
+                self._running = (Future(), moment)
+                threading.Thread(target=self._run, args=(self._running[0],), name="readiness-probe",
+                                 daemon=True).start()
+            outcome, started = self._running
+        try:
+            return outcome.result(timeout=max(0.0, wait_seconds - (time.monotonic() - started)))
+        except FutureTimeout:
+            return "down"
+
+
+def readiness_probes(app: Flask) -> dict[str, SharedProbe]:
+    probes = app.extensions.get("zenzefi-readiness")
+    if probes is None:
+        probes = {"database": SharedProbe(app, check_database)}
+        if app.config["REDIS_URL"]:
+            probes["redis"] = SharedProbe(app, check_redis)
+        probes = app.extensions.setdefault("zenzefi-readiness", probes)
+    return probes

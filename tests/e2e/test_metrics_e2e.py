@@ -1,0 +1,90 @@
+"""`/metrics` under gunicorn with 2 workers: counters add up across workers; the optional bearer token."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.harness import Gunicorn, real_services, wait_for
+
+pytestmark = [pytest.mark.e2e, real_services]
+
+REQUESTS = 40
+METRICS_READS = 10
+MAX_METRICS_READS = 60
+LIVE_ENDPOINT = "health.Live"
+METRICS_TOKEN = "s3cret-e2e-metrics-token-0123456789"
+
+
+def counted(exposition: str, sample_name: str, **labels: str) -> float:
+    """The sum of every `sample_name` series whose labels include `labels`."""
+    total = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def live_requests_counted(exposition: str) -> tuple[float, float]:
+    """GET /health/live as the exporter sees it: the request counter, and the endpoint's own series.
+
+    `flask_http_request_total` is labelled by method and status only (prometheus-flask-exporter),
+    so the per-endpoint figure is the request-duration histogram's `_count`.
+    """
+    return (counted(exposition, "flask_http_request_total", method="GET", status="200"),
+            counted(exposition, "flask_http_request_duration_seconds_count",
+                    method="GET", status="200", endpoint=LIVE_ENDPOINT))
+
+
+def read_metrics(server: Gunicorn) -> tuple[float, float]:
+    response = server.get("/metrics")
+    assert response.status == 200, server.describe(repr(response))
+    assert response.headers["Content-Type"].startswith("text/plain"), response.headers
+    return live_requests_counted(response.text)
+
+
+def test_request_counter_sums_every_worker(services):
+    with Gunicorn(services.database_url, services.redis_url) as server:
+        # Start-up probes were counted too (some may have been answered to a client that had given up).
+        before = read_metrics(server)
+        already_served = len(server.served("GET", "/health/live"))
+        for _ in range(REQUESTS):
+            assert server.get("/health/live").status == 200
+        ours = wait_for(lambda: server.served("GET", "/health/live")[already_served:]
+                        if len(server.served("GET", "/health/live")) >= already_served + REQUESTS else None,
+                        5, lambda: server.describe("the access log does not show our requests"))
+        workers = set(ours)
+        assert len(workers) == 2, server.describe(
+            f"all {len(ours)} requests went to one worker, so nothing is summed across workers")
+
+        # Read until each worker has answered /metrics itself: the figure must not depend on which one does.
+        readings = []
+        for _ in range(MAX_METRICS_READS):
+            readings.append(read_metrics(server))
+            if len(readings) >= METRICS_READS and set(server.served("GET", "/metrics")) >= workers:
+                break
+        assert set(server.served("GET", "/metrics")) >= workers, server.describe(
+            f"/metrics was not served by every worker in {len(readings)} reads")
+        # /metrics itself is excluded from the counts, and ours were the only other requests made.
+        expected = (before[0] + REQUESTS, before[1] + REQUESTS)
+        assert readings == [expected] * len(readings), server.describe(
+            f"before: {before}; {REQUESTS} requests served by workers {sorted(workers)} "
+            f"({sorted(Counter(ours).items())}); /metrics said {readings} "
+            f"(served by {server.served('GET', '/metrics')})")
+
+
+def test_metrics_token_is_required_when_configured(services):
+    with Gunicorn(services.database_url, services.redis_url, {"METRICS_TOKEN": METRICS_TOKEN}) as server:
+        for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": "Basic czNjcmV0"}):
+            response = server.get("/metrics", headers=headers)
+            assert response.status == 401, server.describe(f"{headers}: {response}")
+            assert response.headers["Content-Type"].startswith("application/json"), response.headers
+            body = response.json()
+            assert body["code"] == 401 and body["message"], body
+            assert "flask_http_request_total" not in response.text
+
+        response = server.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert response.status == 200, server.describe(repr(response))
+        assert live_requests_counted(response.text)[1] >= 1, response.text[:2000]
