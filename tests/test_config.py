@@ -89,3 +89,11 @@ def test_trusted_proxy_hops_decide_the_client_address_and_scheme(backends, tmp_p
         response = app.test_client().get("/whoami", headers={"X-Forwarded-For": "203.0.113.7",
                                                              "X-Forwarded-Proto": "https"})
         assert tuple(response.get_json()["who"]) == expected
+
+
+@pytest.mark.parametrize("env", [{"TOKEN_PRICE_1H": "0"}, {"TOKEN_PRICE_12H": "-5"}, {"TOKEN_PRICE_7D": "1.005"},
+                                 {"ZNC_RATE_USD": "abc"}, {"TOKEN_PRICE_30D": "2000000"}])
+def test_prices_and_rates_must_be_valid_money(tmp_path, env):
+    (name,) = env
+    with pytest.raises(ConfigError, match=name):
+        build_config(str(tmp_path), environ=env)

@@ -112,6 +112,17 @@ def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def _check_amounts(values: Mapping[str, Any]) -> None:
+    """Prices and rates are money: > 0, at most 2 decimals, ≤ 1,000,000.00 (a 0 price would be a 500 later)."""
+    from .money import InvalidAmount, parse_amount
+
+    for name in [s.name for s in SETTINGS if s.name.startswith(("TOKEN_PRICE_", "ZNC_RATE_"))]:
+        try:
+            parse_amount(str(values[name]))
+        except InvalidAmount as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+
 def normalise_database_url(url: str) -> str:
     """`postgres://` and bare `postgresql://` mean psycopg2 to SQLAlchemy; we ship psycopg 3."""
     for prefix in ("postgres://", "postgresql://"):
@@ -147,6 +158,7 @@ def build_config(
     if env not in {"development", "production", "testing"}:
         raise ConfigError(f"ZENZEFI_ENV must be development, production or testing, not {env!r}")
     production = env == "production"
+    _check_amounts(values)
     if production:
         _check_production_secrets(values)
     for name in PRODUCTION_SECRETS:
