@@ -280,6 +280,7 @@ class _Process:
     """A child process in its own process group, with stdout/stderr captured to files."""
 
     label = "process"
+    _tmp: tempfile.TemporaryDirectory  # the working directory, made by each subclass before __init__
 
     def __init__(self, argv: list[str], env: dict[str, str], workdir: Path):
         self.argv = argv
@@ -288,6 +289,16 @@ class _Process:
         self.stdout_path = workdir / f"{self.label}.stdout.log"
         self.stderr_path = workdir / f"{self.label}.stderr.log"
         self.process: subprocess.Popen | None = None
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the process group and remove its working directory."""
+        try:
+            self.terminate()
+        finally:
+            self._tmp.cleanup()
 
     def spawn(self) -> None:
         with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
@@ -405,14 +416,6 @@ class Gunicorn(_Process):
             raise
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.terminate()
-        finally:
-            self._tmp.cleanup()
 
     def _live(self) -> bool:
         if not self.alive():
@@ -469,14 +472,6 @@ class Worker(_Process):
         self.spawn()
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.terminate()
-        finally:
-            self._tmp.cleanup()
 
     def run(self, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """Run to completion (for invocations that are expected to exit) and give back the outcome."""

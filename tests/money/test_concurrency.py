@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.e2e.harness import LOOPBACK, Gunicorn, Response, real_services
@@ -38,7 +37,7 @@ from tests.money.helpers import (
     token_path,
     tokens,
 )
-from tests.support import POSTGRES_ONLY_REASON, make_backends
+from tests.support import POSTGRES_ONLY_REASON, make_backends, race
 
 pytestmark = [pytest.mark.postgres,
               pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)]
@@ -49,17 +48,6 @@ PRICE_24H = Decimal("18.00")
 DAY = {"duration_hours": 24}
 
 
-def race(app: Flask, calls: list[Callable[[FlaskClient], Any]]) -> list[Any]:
-    """Run every call on its own thread and test client, all released at once by a barrier."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[FlaskClient], Any]) -> Any:
-        client = app.test_client()
-        barrier.wait(timeout=30)
-        return call(client)
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(run, calls))
 
 
 @contextmanager

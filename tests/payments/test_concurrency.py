@@ -5,17 +5,11 @@ Each thread has its own `app.test_client()` (its own app context, DB session and
 """
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
-from flask import Flask
-from flask.testing import FlaskClient
 
-from tests.support import POSTGRES_ONLY_REASON, make_backends
+from tests.support import POSTGRES_ONLY_REASON, make_backends, race
 
 from .helpers import assert_ledger_consistent, balance, create_payment, deposits, event, status_of
 
@@ -26,16 +20,6 @@ THREADS = 20
 ROUNDS = 5
 
 
-def race(app: Flask, calls: list[Callable[[FlaskClient], Any]]) -> list[Any]:
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[FlaskClient], Any]) -> Any:
-        client = app.test_client()
-        barrier.wait(timeout=30)
-        return call(client)
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(run, calls))
 
 
 def outcomes(responses) -> Counter:
