@@ -49,6 +49,7 @@ def register_blueprints(app: Flask) -> None:
     from .payments.routes import blp as payments_blp
     from .payments.routes import mock_blp as mock_provider_blp
     from .payments.routes import webhook_blp as payment_webhook_blp
+    from .proxy import models as proxy_models  # noqa: F401 - the table exists before its routes do
     from .tokens.routes import blp as tokens_blp
 
     for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, currency_blp, payments_blp, payment_webhook_blp,
