@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from dotenv import load_dotenv
 from flask import Flask
+from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 # Set but empty, this variable would make prometheus_client (imported just below) write its files into the
@@ -18,7 +19,8 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
 
 from .config import build_config  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
-from .extensions import api, db, jwt, limiter, metrics, migrate, redis_connection  # noqa: E402
+from .extensions import api, db, jwt, limiter, migrate, redis_connection  # noqa: E402
+from .extensions import metrics as http_metrics  # noqa: E402 - the package also has a `metrics` module
 from .openapi import SECURITY_SCHEMES  # noqa: E402
 
 
@@ -49,11 +51,11 @@ def register_blueprints(app: Flask) -> None:
     from .payments.routes import blp as payments_blp
     from .payments.routes import mock_blp as mock_provider_blp
     from .payments.routes import webhook_blp as payment_webhook_blp
-    from .proxy import models as proxy_models  # noqa: F401 - the table exists before its routes do
+    from .proxy.routes import blp as proxy_blp
     from .tokens.routes import blp as tokens_blp
 
-    for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, currency_blp, payments_blp, payment_webhook_blp,
-                      mock_provider_blp, admin_blp):
+    for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, proxy_blp, currency_blp, payments_blp,
+                      payment_webhook_blp, mock_provider_blp, admin_blp):
         api.register_blueprint(blueprint)
 
 
@@ -69,6 +71,9 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
         hops = app.config["TRUSTED_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
+    # The desktop client's local origins only; never `*` together with credentials.
+    CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}}, supports_credentials=True,
+         expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"])
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
     redis_connection.init_app(app)
@@ -83,7 +88,7 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     init_jwt(jwt)
     register_error_handlers(app)
     register_blueprints(app)
-    metrics.init_app(app)
+    http_metrics.init_app(app)
 
     from .cli import register_commands
 

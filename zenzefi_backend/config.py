@@ -5,6 +5,7 @@ generated from it (`python -m zenzefi_backend.config`), so the two never drift a
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,6 +75,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATELIMIT_ENABLED", as_bool, True, "Turn every rate limit on or off."),
     Setting("RATELIMIT_REGISTER", str, "5 per hour", "Registrations per client IP."),
     Setting("RATELIMIT_LOGIN_FAILED", str, "5 per hour", "Failed logins per client IP and e-mail."),
+    Setting("RATELIMIT_PROXY_FREE", int, 1000, "Proxied requests per minute per token, free plan."),
+    Setting("RATELIMIT_PROXY_PREMIUM", int, 3000, "Proxied requests per minute per token, premium plan."),
+    Setting("RATELIMIT_PROXY_ENTERPRISE", int, 10000, "Proxied requests per minute per token, enterprise plan."),
     Setting("TRUSTED_PROXY_HOPS", int, 0, "Reverse proxies in front of us whose X-Forwarded-For is trusted."),
     Setting(
         "CORS_ORIGINS",
@@ -177,8 +181,11 @@ def build_config(
         engine_options.update(pool_size=10, max_overflow=10, pool_timeout=5, connect_args={"connect_timeout": 3})
     redis_url = values.get("REDIS_URL") or None
 
+    proxy_limits = {plan: values[f"RATELIMIT_PROXY_{plan.upper()}"] for plan in ("free", "premium", "enterprise")}
     values.update(
         ENV=env,
+        PROXY_RATE_LIMITS=proxy_limits,
+        PROXY_RATE_LIMITS_JSON=json.dumps(proxy_limits),
         IS_PRODUCTION=production,
         EMBEDDED=redis_url is None,
         REDIS_URL=redis_url,

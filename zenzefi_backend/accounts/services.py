@@ -161,6 +161,18 @@ def change_password(user: User, current_password: str, new_password: str) -> Non
     db.session.commit()
 
 
+def deactivate_user(user: User, actor_id: uuid.UUID | None = None) -> User:
+    """Locked out everywhere at once: JWTs (checked per request), access tokens and proxy sessions."""
+    from ..proxy import sessions, state
+
+    user.is_active = False
+    sessions.end_for_user(user.id, "deactivated")
+    record("user.deactivated", actor_id=actor_id, resource_type="user", resource_id=user.id)
+    db.session.commit()
+    state.forget_user(user.id)
+    return user
+
+
 def purge_expired_revocations(moment: datetime) -> int:
     """Revocations of JWTs that have expired anyway are no longer needed."""
     result = db.session.execute(sa.delete(RevokedJwt).where(RevokedJwt.expires_at < moment))

@@ -21,6 +21,7 @@ from rq import Queue
 from ..clock import now
 from .health import health_check
 from .payments import expire_pending_payments_job
+from .proxy import sweep_proxy_sessions
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Periodic:
 
 SCHEDULE: tuple[Periodic, ...] = (
     Periodic("health_check", health_check, every_seconds=50, timeout_seconds=30),
+    Periodic("proxy_sessions", sweep_proxy_sessions, every_seconds=60),
     Periodic("expire_payments", expire_pending_payments_job, every_seconds=300),
 )
 

@@ -1,0 +1,268 @@
+"""The proxy's checks, in SPEC §3.6's order, and lazy activation."""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from redis.exceptions import RedisError
+
+from ..clock import now
+from ..database import db
+from ..errors import BadRequest, Forbidden, Unauthorized, ZenzefiError
+from ..metrics import token_validations
+from ..notifications.outbox import emit
+from ..tokens.models import AccessToken
+from . import sessions
+from .paths import NotCanonical, allowed_for_certificates_only, canonical
+from .state import (
+    TokenState,
+    UserState,
+    hash_secret,
+    redis_state,
+    token_from_database,
+    user_from_database,
+)
+
+DEVICE_ID = re.compile(r"[A-Za-z0-9._:-]{8,255}")
+ADMIT_ATTEMPTS = 4
+
+
+class MissingDeviceId(Forbidden):
+    message = "The X-Device-ID header is required."
+
+
+class MalformedDeviceId(BadRequest):
+    message = "X-Device-ID must be 8 to 255 characters of letters, digits, '.', '_', ':' or '-'."
+
+
+class MissingAccessToken(Unauthorized):
+    message = "The X-Access-Token header is required."
+
+
+class InvalidAccessToken(Unauthorized):
+    message = "This access token is not valid: unknown, revoked or expired."
+
+
+class PathNotCanonical(BadRequest):
+    message = "This path is not allowed (dot segments, '//', backslashes and encoded slashes are refused)."
+
+
+class OutsideScope(Forbidden):
+    message = "This token's scope does not allow this path."
+
+
+class ProxyRateLimited(ZenzefiError):
+    code = 429
+    message = "Too many requests with this token; slow down."
+
+    def __init__(self, retry_after_seconds: int):
+        seconds = max(1, int(retry_after_seconds))
+        super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
+
+
+@dataclass(frozen=True)
+class Admission:
+    token: TokenState
+    user: UserState
+    session_id: str
+    via_redis: bool
+
+
+def _check_headers(secret: str | None, device_id: str | None) -> None:
+    if device_id is None:
+        raise MissingDeviceId()
+    if not DEVICE_ID.fullmatch(device_id):
+        raise MalformedDeviceId()
+    if not secret:
+        raise MissingAccessToken()
+
+
+def _path_verdicts(subpath: str) -> tuple[bool, bool]:
+    """(canonical, allowed for certificates_only)."""
+    try:
+        path = canonical(subpath)
+    except NotCanonical:
+        return False, False
+    return True, allowed_for_certificates_only(path)
+
+
+def _invalid() -> InvalidAccessToken:
+    token_validations.labels("invalid").inc()
+    return InvalidAccessToken()
+
+
+def admit(secret: str | None, device_id: str | None, subpath: str, *, ip_address: str | None,
+          user_agent: str | None, bytes_in: int) -> Admission:
+    """Every check of SPEC §3.6, in order; the device's session and the request count on success."""
+    _check_headers(secret, device_id)
+    path_ok, certificate_path = _path_verdicts(subpath)
+    token_hash = hash_secret(secret)
+    if redis_state.available():
+        try:
+            return _admit_with_redis(token_hash, device_id, path_ok, certificate_path, ip_address, user_agent,
+                                     bytes_in)
+        except RedisError:
+            redis_state.failed()
+            db.session.rollback()
+    return _admit_with_database(token_hash, device_id, path_ok, certificate_path, ip_address, user_agent, bytes_in)
+
+
+def _admit_with_redis(token_hash: str, device_id: str, path_ok: bool, certificate_path: bool,
+                      ip_address: str | None, user_agent: str | None, bytes_in: int) -> Admission:
+    cache_result = "cache_hit"
+    for _ in range(ADMIT_ATTEMPTS):
+        reply = redis_state.admit(token_hash, device_id=device_id, path_ok=path_ok,
+                                  certificate_path=certificate_path, bytes_in=bytes_in, moment=now())
+        verdict = reply[0]
+        if verdict == "token_miss":
+            cache_result = "cache_miss"
+            state = token_from_database(token_hash)
+            redis_state.remember_token(token_hash, state)
+            if state is None:
+                raise _invalid()
+            continue
+        if verdict == "user_miss":
+            cache_result = "cache_miss"
+            owner = TokenState.loads(reply[1]).owner_id
+            user = user_from_database(owner)
+            if user is None:
+                raise _invalid()
+            redis_state.remember_user(str(owner), user)
+            continue
+        if verdict == "invalid":
+            raise _invalid()
+        token_validations.labels(cache_result).inc()
+        token, user = TokenState.loads(reply[1]), UserState.loads(reply[2])
+        if verdict == "bad_path":
+            raise PathNotCanonical()
+        if verdict == "scope":
+            raise OutsideScope()
+        if verdict == "busy":
+            raise sessions.DeviceInUse(int(reply[3]) / 1000)
+        if verdict == "limited":
+            raise ProxyRateLimited(int(reply[3]))
+        if verdict == "ok":
+            return Admission(token, user, reply[3], via_redis=True)
+        # "claim": no device holds the token in Redis; the database decides (and remembers the session).
+        session_id = sessions.claim(token.token_id, token.owner_id, device_id, ip_address, user_agent)
+        redis_state.hold(token.id, device_id, session_id)
+    raise RedisError("the admission did not settle")  # served from the database instead
+
+
+class _LocalRateWindow:
+    """Per-process fixed windows, used only while Redis is unreachable."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, int], int] = {}
+
+    def hit(self, key: str, limit: int) -> int | None:
+        """None when allowed, else seconds until the window resets."""
+        minute = int(time.time() // 60)
+        with self._lock:
+            if len(self._counts) > 10_000:
+                self._counts = {k: v for k, v in self._counts.items() if k[1] == minute}
+            count = self._counts.get((key, minute), 0) + 1
+            self._counts[(key, minute)] = count
+        return None if count <= limit else 60 - int(time.time() % 60)
+
+
+_local_rate = _LocalRateWindow()
+
+
+def _admit_with_database(token_hash: str, device_id: str, path_ok: bool, certificate_path: bool,
+                         ip_address: str | None, user_agent: str | None, bytes_in: int) -> Admission:
+    token = token_from_database(token_hash)
+    user = user_from_database(token.owner_id) if token else None
+    if token is None or user is None or not user.active or not token.usable_at(now()):
+        raise _invalid()
+    token_validations.labels("cache_miss").inc()
+    if not path_ok:
+        raise PathNotCanonical()
+    if token.scope == "certificates_only" and not certificate_path:
+        raise OutsideScope()
+    session_id = sessions.claim(token.token_id, token.owner_id, device_id, ip_address, user_agent,
+                                count_request=True, bytes_in=bytes_in)
+    limits = current_app.config["PROXY_RATE_LIMITS"]
+    retry_after = _local_rate.hit(token.id, limits.get(user.plan, limits["free"]))
+    if retry_after is not None:
+        raise ProxyRateLimited(retry_after)
+    return Admission(token, user, str(session_id), via_redis=False)
+
+
+def activate_if_first_use(admission: Admission) -> None:
+    """The clock starts on the first request the upstream answered; concurrent first requests agree on one start."""
+    token = admission.token
+    if token.activated_at:
+        return
+    moment = now()
+    started = db.session.execute(
+        sa.update(AccessToken)
+        .where(AccessToken.id == token.token_id, AccessToken.activated_at.is_(None))
+        .values(activated_at=moment, expires_at=moment + timedelta(hours=token.duration_hours))
+        .returning(AccessToken.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if started:
+        emit("token.activated", token.owner_id, token_id=token.id, activated_at=moment.isoformat(),
+             expires_at=(moment + timedelta(hours=token.duration_hours)).isoformat())
+    db.session.commit()
+    if admission.via_redis:
+        row = db.session.get(AccessToken, token.token_id)
+        try:
+            redis_state.remember_token(row.token_hash, TokenState.of(row))
+        except RedisError:
+            redis_state.failed()
+
+
+def record_bytes_out(admission: Admission, count: int) -> None:
+    if admission.via_redis:
+        try:
+            redis_state.add_bytes_out(admission.session_id, count)
+            return
+        except RedisError:
+            redis_state.failed()
+    sessions.add_bytes_out(uuid.UUID(admission.session_id), count)
+
+
+def status_of(secret: str | None) -> dict[str, Any]:
+    """What `/proxy/status` shows; never activates and never touches the device holder."""
+    if not secret:
+        raise MissingAccessToken()
+    token_hash = hash_secret(secret)
+    token = user = None
+    if redis_state.available():
+        try:
+            token, user = _cached(token_hash)
+        except RedisError:
+            redis_state.failed()
+    if token is None:
+        token = token_from_database(token_hash)
+        user = user_from_database(token.owner_id) if token else None
+    moment = now()
+    if token is None or user is None or not user.active or not token.usable_at(moment):
+        raise _invalid()
+    expires = token.expires
+    remaining = (expires - moment) if expires else timedelta(hours=token.duration_hours)
+    return {
+        "connected": True, "user_id": token.user_id, "token_id": token.id, "scope": token.scope,
+        "is_activated": bool(token.activated_at), "status": "active" if token.activated_at else "ready",
+        "duration_hours": token.duration_hours, "expires_at": expires,
+        "time_remaining_seconds": max(0, int(remaining.total_seconds())),
+    }
+
+
+def _cached(token_hash: str) -> tuple[TokenState | None, UserState | None]:
+    raw = redis_state.cached_token(token_hash)
+    if raw is None or raw == "-":
+        return None, None
+    token = TokenState.loads(raw)
+    user_raw = redis_state.cached_user(token.user_id)
+    return (token, UserState.loads(user_raw)) if user_raw else (None, None)

@@ -1,0 +1,213 @@
+"""Proxy sessions in the database: who holds a token, since when, and how much went through.
+
+The partial unique index (one active session per token) makes the device rule atomic in PostgreSQL:
+of any number of simultaneous first requests, one insert wins and the rest see its session.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from flask import current_app
+from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError
+
+from ..clock import now
+from ..database import db
+from ..errors import Conflict
+from ..notifications.outbox import emit
+from ..tokens.models import AccessToken
+from .models import ProxySession
+from .state import DIRTY_SESSIONS, SESSION_KEY, redis_state, release_holder
+
+CLAIM_ATTEMPTS = 3
+
+
+class DeviceInUse(Conflict):
+    message = "This token is in use on another device. Try again when that device has been idle."
+
+    def __init__(self, retry_after_seconds: float):
+        seconds = max(1, math.ceil(retry_after_seconds))
+        super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
+
+
+def idle_timeout() -> timedelta:
+    return timedelta(seconds=current_app.config["SESSION_IDLE_SECONDS"])
+
+
+def _active_session(token_id: uuid.UUID) -> ProxySession | None:
+    return db.session.scalar(
+        sa.select(ProxySession).where(ProxySession.token_id == token_id, ProxySession.is_active.is_(True))
+        .with_for_update().execution_options(populate_existing=True)
+    )
+
+
+def _close(session: ProxySession, moment: datetime, reason: str) -> None:
+    session.is_active = False
+    session.ended_at = moment
+    emit("session.ended", session.user_id, session_id=str(session.id), token_id=str(session.token_id),
+         device_id=session.device_id, reason=reason, request_count=session.request_count,
+         bytes_in=session.bytes_in, bytes_out=session.bytes_out)
+
+
+def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: str | None,
+          user_agent: str | None, *, count_request: bool = False, bytes_in: int = 0) -> uuid.UUID:
+    """The session this device may use the token in, opening one if needed; DeviceInUse if another device
+    holds it and has not been idle for SESSION_IDLE_SECONDS. With `count_request` (the no-Redis path) the
+    request is counted here too."""
+    idle = idle_timeout()
+    for _ in range(CLAIM_ATTEMPTS):
+        moment = now()
+        active = _active_session(token_id)
+        if active is not None and active.device_id == device_id:
+            if count_request:
+                active.last_activity = moment
+                active.request_count += 1
+                active.bytes_in += bytes_in
+                active.ip_address = ip_address
+            db.session.commit()
+            return active.id
+        if active is not None:
+            idle_for = moment - active.last_activity
+            if idle_for < idle:
+                db.session.rollback()
+                raise DeviceInUse((idle - idle_for).total_seconds())
+            _close(active, moment, "idle")
+            db.session.flush()
+        session = ProxySession(
+            id=uuid.uuid4(), token_id=token_id, user_id=user_id, device_id=device_id, ip_address=ip_address,
+            user_agent=(user_agent or "")[:512] or None, started_at=moment, last_activity=moment,
+            request_count=1 if count_request else 0, bytes_in=bytes_in if count_request else 0, bytes_out=0,
+            is_active=True,
+        )
+        db.session.add(session)
+        try:
+            db.session.flush()
+        except IntegrityError:
+            db.session.rollback()  # another request opened the session first: look again
+            continue
+        emit("session.started", user_id, session_id=str(session.id), token_id=str(token_id), device_id=device_id,
+             ip_address=ip_address)
+        db.session.commit()
+        return session.id
+    raise DeviceInUse(idle.total_seconds())
+
+
+def add_bytes_out(session_id: uuid.UUID, count: int) -> None:
+    """The no-Redis path: count the response bytes straight into the session row."""
+    db.session.execute(sa.update(ProxySession).where(ProxySession.id == session_id)
+                       .values(bytes_out=ProxySession.bytes_out + count))
+    db.session.commit()
+
+
+def end_for_token(token_id: uuid.UUID, reason: str) -> None:
+    """Close the token's active session (revoke, expiry). Joins the caller's transaction."""
+    active = _active_session(token_id)
+    if active is not None:
+        _close(active, now(), reason)
+
+
+def end_for_user(user_id: uuid.UUID, reason: str) -> None:
+    """Close every active session of a user (deactivation). Joins the caller's transaction."""
+    moment = now()
+    for session in db.session.scalars(sa.select(ProxySession).where(ProxySession.user_id == user_id,
+                                                                    ProxySession.is_active.is_(True))
+                                      .with_for_update()):
+        _close(session, moment, reason)
+        release_holder(session.token_id)
+
+
+def end_session(session_id: uuid.UUID, reason: str) -> ProxySession | None:
+    session = db.session.get(ProxySession, session_id)
+    if session is not None and session.is_active:
+        _close(session, now(), reason)
+    return session
+
+
+def flush_counters() -> int:
+    """Move the request and byte counters from Redis into the session rows. Safe on several workers:
+    each batch of counters is taken out of Redis atomically, so it is added exactly once."""
+    client = redis_state.client
+    flushed = 0
+    while True:
+        session_ids = client.spop(DIRTY_SESSIONS, 100)
+        if not session_ids:
+            return flushed
+        for raw_id in session_ids:
+            session_id = raw_id.decode()
+            pipe = client.pipeline(transaction=True)
+            pipe.hgetall(SESSION_KEY + session_id)
+            pipe.delete(SESSION_KEY + session_id)
+            counters, _ = pipe.execute()
+            if not counters:
+                continue
+            values = {key.decode(): int(value) for key, value in counters.items()}
+            try:
+                _add_counters(uuid.UUID(session_id), values)
+            except Exception:
+                _give_back(session_id, values)
+                raise
+            flushed += 1
+
+
+def _add_counters(session_id: uuid.UUID, values: dict[str, int]) -> None:
+    changes = {
+        "request_count": ProxySession.request_count + values.get("requests", 0),
+        "bytes_in": ProxySession.bytes_in + values.get("bytes_in", 0),
+        "bytes_out": ProxySession.bytes_out + values.get("bytes_out", 0),
+    }
+    if values.get("last_activity"):
+        seen = datetime.fromtimestamp(values["last_activity"] / 1000, now().tzinfo)
+        changes["last_activity"] = sa.case((ProxySession.last_activity < seen, seen),
+                                           else_=ProxySession.last_activity)
+    db.session.execute(sa.update(ProxySession).where(ProxySession.id == session_id).values(**changes))
+    db.session.commit()
+
+
+def _give_back(session_id: str, values: dict[str, int]) -> None:
+    """The database refused the counters: put them back for the next flush."""
+    db.session.rollback()
+    pipe = redis_state.client.pipeline(transaction=True)
+    for field, value in values.items():
+        if field == "last_activity":
+            pipe.hset(SESSION_KEY + session_id, field, value)
+        else:
+            pipe.hincrby(SESSION_KEY + session_id, field, value)
+    pipe.sadd(DIRTY_SESSIONS, session_id)
+    pipe.execute()
+
+
+def close_idle_sessions() -> int:
+    """Close sessions nobody used for SESSION_IDLE_SECONDS, and those of revoked or expired tokens."""
+    moment = now()
+    cutoff = moment - idle_timeout()
+    candidates = db.session.execute(
+        sa.select(ProxySession.id, ProxySession.token_id, AccessToken.revoked_at, AccessToken.expires_at,
+                  ProxySession.last_activity)
+        .join(AccessToken, AccessToken.id == ProxySession.token_id)
+        .where(ProxySession.is_active.is_(True))
+    ).all()
+    closed = 0
+    for session_id, token_id, revoked_at, expires_at, last_activity in candidates:
+        gone = revoked_at is not None or (expires_at is not None and expires_at <= moment)
+        if not gone:
+            if last_activity > cutoff:
+                continue
+            try:
+                if redis_state.holder_exists(token_id):
+                    continue  # still in use; its counters reach the row at the next flush
+            except RedisError:
+                pass  # without Redis the database's last_activity is the whole truth
+        session = db.session.scalar(
+            sa.select(ProxySession).where(ProxySession.id == session_id, ProxySession.is_active.is_(True))
+            .with_for_update(skip_locked=True)
+        )
+        if session is None:
+            db.session.rollback()
+            continue
+        _close(session, moment, "revoked" if revoked_at else "expired" if gone else "idle")
+        db.session.commit()
+        closed += 1
+    return closed

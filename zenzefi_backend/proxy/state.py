@@ -1,0 +1,249 @@
+"""What the hot path knows about tokens, users and device holders — in Redis, with PostgreSQL behind it.
+
+A warm proxied request costs one Redis round trip (the ADMIT script below) and no SQL. The database stays
+the source of truth: a cache miss reads it, a revoke or deactivation deletes the cached entry, and while
+Redis is unreachable every check is made against the database instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from flask import current_app
+from redis import Redis
+from redis.exceptions import RedisError
+
+from ..accounts.models import User
+from ..database import db
+from ..extensions import get_redis
+from ..tokens.models import AccessToken
+
+PREFIX = "zenzefi:proxy:"
+TOKEN_KEY = PREFIX + "token:"  # + sha256 of the secret
+USER_KEY = PREFIX + "user:"  # + user id
+HOLDER_KEY = PREFIX + "holder:"  # + token id → "<device id>\n<session id>"
+RATE_KEY = PREFIX + "rate:"  # + token id + ":" + minute
+SESSION_KEY = PREFIX + "session:"  # + session id → counters not yet in the database
+DIRTY_SESSIONS = PREFIX + "sessions:dirty"
+UNKNOWN = "-"
+TOKEN_TTL_SECONDS = 300
+UNKNOWN_TTL_SECONDS = 60
+USER_TTL_SECONDS = 300
+REDIS_RETRY_SECONDS = 1.0
+
+# One round trip for a warm request: token, owner, path verdicts, device holder, rate limit, counters —
+# in the order SPEC §3.6 checks them. Python handles every answer other than 'ok'.
+ADMIT = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'token_miss'} end
+if raw == '-' then return {'invalid'} end
+local token = cjson.decode(raw)
+local user_raw = redis.call('GET', ARGV[1] .. token.user_id)
+if not user_raw then return {'user_miss', raw} end
+local user = cjson.decode(user_raw)
+local now_ms = tonumber(ARGV[2])
+if token.revoked == 1 or user.active == 0 or (token.expires_at > 0 and now_ms >= token.expires_at) then
+  return {'invalid', raw, user_raw}
+end
+if ARGV[3] ~= '1' then return {'bad_path', raw, user_raw} end
+if token.scope == 'certificates_only' and ARGV[4] ~= '1' then return {'scope', raw, user_raw} end
+local holder_key = ARGV[5] .. token.id
+local holder = redis.call('GET', holder_key)
+if not holder then return {'claim', raw, user_raw} end
+local cut = string.find(holder, '\\n', 1, true)
+if string.sub(holder, 1, cut - 1) ~= ARGV[6] then
+  return {'busy', raw, user_raw, redis.call('PTTL', holder_key)}
+end
+redis.call('PEXPIRE', holder_key, ARGV[7])
+local rate_key = ARGV[8] .. token.id .. ':' .. ARGV[9]
+local count = redis.call('INCR', rate_key)
+if count == 1 then redis.call('EXPIRE', rate_key, 61) end
+local limits = cjson.decode(ARGV[10])
+if count > (limits[user.plan] or limits['free']) then
+  return {'limited', raw, user_raw, redis.call('TTL', rate_key)}
+end
+local session = string.sub(holder, cut + 1)
+local session_key = ARGV[11] .. session
+redis.call('HINCRBY', session_key, 'requests', 1)
+redis.call('HINCRBY', session_key, 'bytes_in', ARGV[12])
+redis.call('HSET', session_key, 'last_activity', ARGV[2])
+redis.call('SADD', ARGV[13], session)
+return {'ok', raw, user_raw, session}
+"""
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _epoch_ms(moment: datetime | None) -> int:
+    return 0 if moment is None else int(moment.timestamp() * 1000)
+
+
+def _moment(epoch_ms: int) -> datetime | None:
+    return None if not epoch_ms else datetime.fromtimestamp(epoch_ms / 1000, UTC)
+
+
+@dataclass(frozen=True)
+class TokenState:
+    id: str
+    user_id: str
+    scope: str
+    duration_hours: int
+    activated_at: int  # epoch ms, 0 = not yet
+    expires_at: int  # epoch ms, 0 = not yet
+    revoked: int  # 0/1 (Lua-friendly)
+
+    @classmethod
+    def of(cls, token: AccessToken) -> TokenState:
+        return cls(str(token.id), str(token.user_id), token.scope, token.duration_hours,
+                   _epoch_ms(token.activated_at), _epoch_ms(token.expires_at), int(token.revoked_at is not None))
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> TokenState:
+        return cls(**json.loads(raw))
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @property
+    def token_id(self) -> uuid.UUID:
+        return uuid.UUID(self.id)
+
+    @property
+    def owner_id(self) -> uuid.UUID:
+        return uuid.UUID(self.user_id)
+
+    @property
+    def activated(self) -> datetime | None:
+        return _moment(self.activated_at)
+
+    @property
+    def expires(self) -> datetime | None:
+        return _moment(self.expires_at)
+
+    def usable_at(self, moment: datetime) -> bool:
+        return not self.revoked and not (self.expires_at and _epoch_ms(moment) >= self.expires_at)
+
+
+@dataclass(frozen=True)
+class UserState:
+    active: int
+    plan: str
+
+    @classmethod
+    def of(cls, user: User) -> UserState:
+        return cls(int(user.is_active), user.plan)
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> UserState:
+        return cls(**json.loads(raw))
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+def token_from_database(token_hash: str) -> TokenState | None:
+    token = db.session.scalar(sa.select(AccessToken).where(AccessToken.token_hash == token_hash))
+    return None if token is None else TokenState.of(token)
+
+
+def user_from_database(user_id: uuid.UUID) -> UserState | None:
+    user = db.session.get(User, user_id)
+    return None if user is None else UserState.of(user)
+
+
+class RedisState:
+    """The Redis side, with a per-process pause after a failure so an outage costs one timeout, not one per
+    request."""
+
+    def __init__(self) -> None:
+        self._down_until = 0.0
+        self._admit = None
+
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def failed(self) -> None:
+        self._down_until = time.monotonic() + REDIS_RETRY_SECONDS
+
+    @property
+    def client(self) -> Redis:
+        return get_redis()
+
+    def admit(self, token_hash: str, *, device_id: str, path_ok: bool, certificate_path: bool, bytes_in: int,
+              moment: datetime) -> list:
+        if self._admit is None:
+            self._admit = self.client.register_script(ADMIT)
+        idle_ms = current_app.config["SESSION_IDLE_SECONDS"] * 1000
+        now_ms = _epoch_ms(moment)
+        reply = self._admit(
+            keys=[TOKEN_KEY + token_hash],
+            args=[USER_KEY, now_ms, int(path_ok), int(certificate_path), HOLDER_KEY, device_id, idle_ms,
+                  RATE_KEY, now_ms // 60000, current_app.config["PROXY_RATE_LIMITS_JSON"], SESSION_KEY, bytes_in,
+                  DIRTY_SESSIONS],
+            client=self.client,
+        )
+        return [part.decode() if isinstance(part, bytes) else part for part in reply]
+
+    def remember_token(self, token_hash: str, state: TokenState | None) -> None:
+        if state is None:
+            self.client.set(TOKEN_KEY + token_hash, UNKNOWN, ex=UNKNOWN_TTL_SECONDS)
+        else:
+            self.client.set(TOKEN_KEY + token_hash, state.dumps(), ex=TOKEN_TTL_SECONDS)
+
+    def remember_user(self, user_id: str, state: UserState) -> None:
+        self.client.set(USER_KEY + user_id, state.dumps(), ex=USER_TTL_SECONDS)
+
+    def cached_token(self, token_hash: str) -> str | None:
+        raw = self.client.get(TOKEN_KEY + token_hash)
+        return None if raw is None else raw.decode()
+
+    def cached_user(self, user_id: str) -> str | None:
+        raw = self.client.get(USER_KEY + user_id)
+        return None if raw is None else raw.decode()
+
+    def hold(self, token_id: str, device_id: str, session_id: uuid.UUID) -> bool:
+        """Claim the token for a device; False if another request claimed it first."""
+        idle_ms = current_app.config["SESSION_IDLE_SECONDS"] * 1000
+        return bool(self.client.set(HOLDER_KEY + token_id, f"{device_id}\n{session_id}", nx=True, px=idle_ms))
+
+    def holder_exists(self, token_id: uuid.UUID) -> bool:
+        return bool(self.client.exists(HOLDER_KEY + str(token_id)))
+
+    def add_bytes_out(self, session_id: str, count: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(SESSION_KEY + session_id, "bytes_out", count)
+        pipe.sadd(DIRTY_SESSIONS, session_id)
+        pipe.execute()
+
+
+redis_state = RedisState()
+
+
+def forget_token(token_hash: str, token_id: uuid.UUID) -> None:
+    """After a revoke or expiry: the next request reads the database again and finds the device free."""
+    try:
+        redis_state.client.delete(TOKEN_KEY + token_hash, HOLDER_KEY + str(token_id))
+    except RedisError:
+        redis_state.failed()  # nothing cached can be read while Redis is unreachable either
+
+
+def forget_user(user_id: uuid.UUID) -> None:
+    """After a deactivation or plan change: the next request reads the user from the database."""
+    try:
+        redis_state.client.delete(USER_KEY + str(user_id))
+    except RedisError:
+        redis_state.failed()
+
+
+def release_holder(token_id: uuid.UUID) -> None:
+    try:
+        redis_state.client.delete(HOLDER_KEY + str(token_id))
+    except RedisError:
+        redis_state.failed()
