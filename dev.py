@@ -53,8 +53,7 @@ def serve(args: list[str]) -> int:
     port = os.environ.get("PORT", "5000")
     env = dict(os.environ)
     flask("db", "upgrade", env=env)
-    if (ROOT / "zenzefi_backend" / "cli" / "bundles.py").exists():
-        flask("bundles", "seed", env=env)
+    flask("bundles", "seed", env=env)
     print(f"\nZenzefi backend listening on http://{host}:{port}  (API docs: http://{host}:{port}/docs)\n",
           flush=True)
     os.chdir(ROOT)

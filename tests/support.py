@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,27 @@ def race(app, calls: list[Callable[[Any], Any]]) -> list[Any]:
 
     with ThreadPoolExecutor(len(calls)) as pool:
         return list(pool.map(run, calls))
+
+
+@contextmanager
+def balance_watch(database_url: str, user_id: str) -> Iterator[list[Decimal]]:
+    """Poll the user's balance on a connection of its own while a race runs; yields every value seen."""
+    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    seen: list[Decimal] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        with engine.connect() as connection:
+            while not stop.is_set():
+                seen.append(connection.execute(sa.text("SELECT balance FROM users WHERE id = :id"),
+                                               {"id": uuid.UUID(user_id)}).scalar_one())
+
+    watcher = threading.Thread(target=poll, name="balance-watch", daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+        engine.dispose()
+    assert seen, "the watcher never read the balance"

@@ -46,16 +46,18 @@ def _sqlite_pragmas(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     from .accounts.routes import auth_blp, users_blp
     from .admin.routes import blp as admin_blp
+    from .bundles.routes import blp as bundles_blp
     from .health.routes import blp as health_blp
     from .ledger.routes import blp as currency_blp
     from .payments.routes import blp as payments_blp
     from .payments.routes import mock_blp as mock_provider_blp
     from .payments.routes import webhook_blp as payment_webhook_blp
     from .proxy.routes import blp as proxy_blp
+    from .referrals.routes import blp as referrals_blp
     from .tokens.routes import blp as tokens_blp
 
     for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, proxy_blp, currency_blp, payments_blp,
-                      payment_webhook_blp, mock_provider_blp, admin_blp):
+                      payment_webhook_blp, mock_provider_blp, admin_blp, bundles_blp, referrals_blp):
         api.register_blueprint(blueprint)
 
 

@@ -13,14 +13,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from tests.e2e.harness import LOOPBACK, Gunicorn, Response, real_services
@@ -37,7 +35,7 @@ from tests.money.helpers import (
     token_path,
     tokens,
 )
-from tests.support import POSTGRES_ONLY_REASON, make_backends, race
+from tests.support import POSTGRES_ONLY_REASON, balance_watch, make_backends, race
 
 pytestmark = [pytest.mark.postgres,
               pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)]
@@ -46,32 +44,6 @@ THREADS = 20
 ROUNDS = 10
 PRICE_24H = Decimal("18.00")
 DAY = {"duration_hours": 24}
-
-
-
-
-@contextmanager
-def balance_watch(database_url: str, user_id: str) -> Iterator[list[Decimal]]:
-    """Poll the user's balance on a connection of its own while a race runs; yields every value seen."""
-    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    seen: list[Decimal] = []
-    stop = threading.Event()
-
-    def poll() -> None:
-        with engine.connect() as connection:
-            while not stop.is_set():
-                seen.append(connection.execute(sa.text("SELECT balance FROM users WHERE id = :id"),
-                                               {"id": uuid.UUID(user_id)}).scalar_one())
-
-    watcher = threading.Thread(target=poll, name="balance-watch", daemon=True)
-    watcher.start()
-    try:
-        yield seen
-    finally:
-        stop.set()
-        watcher.join(timeout=10)
-        engine.dispose()
-    assert seen, "the watcher never read the balance"
 
 
 def statuses(responses) -> Counter:

@@ -50,12 +50,17 @@ def init_jwt(jwt: JWTManager) -> None:
     jwt.token_verification_failed_loader(lambda _h, _p: unauthorized("Invalid token."))
 
 
+def require_superuser() -> None:
+    """401 without a valid JWT, 403 for a JWT of anyone but a superuser."""
+    verify_jwt_in_request()
+    if not current_user.is_superuser:
+        raise Forbidden("Superuser access required.")
+
+
 def superuser_required(view: Callable) -> Callable:
     @wraps(view)
     def guarded(*args, **kwargs):
-        verify_jwt_in_request()
-        if not current_user.is_superuser:
-            raise Forbidden("Superuser access required.")
+        require_superuser()
         return view(*args, **kwargs)
 
     return guarded

@@ -160,10 +160,16 @@ def user_from_database(user_id: uuid.UUID) -> UserState | None:
 
 class RedisState:
     """The Redis side, with a per-process pause after a failure so an outage costs one timeout, not one per
-    request."""
+    request.
+
+    While Redis was unreachable, revokes and deactivations could not delete their cache entries, and devices
+    may have changed hands through the database. So the first use after a failure drops every cached token,
+    owner and holder entry (the database decides again); only the not yet flushed counters are kept.
+    """
 
     def __init__(self) -> None:
         self._down_until = 0.0
+        self._stale = False
         self._admit = None
 
     def available(self) -> bool:
@@ -171,6 +177,21 @@ class RedisState:
 
     def failed(self) -> None:
         self._down_until = time.monotonic() + REDIS_RETRY_SECONDS
+        self._stale = True
+
+    def drop_stale_entries(self) -> None:
+        if not self._stale:
+            return
+        for pattern in (TOKEN_KEY + "*", USER_KEY + "*", HOLDER_KEY + "*"):
+            batch = []
+            for key in self.client.scan_iter(match=pattern, count=500):
+                batch.append(key)
+                if len(batch) >= 500:
+                    self.client.delete(*batch)
+                    batch = []
+            if batch:
+                self.client.delete(*batch)
+        self._stale = False
 
     @property
     def client(self) -> Redis:
@@ -178,6 +199,7 @@ class RedisState:
 
     def admit(self, token_hash: str, *, device_id: str, path_ok: bool, certificate_path: bool, bytes_in: int,
               moment: datetime) -> list:
+        self.drop_stale_entries()
         if self._admit is None:
             self._admit = self.client.register_script(ADMIT)
         idle_ms = current_app.config["SESSION_IDLE_SECONDS"] * 1000

@@ -30,7 +30,10 @@ class AccessToken(UUIDPrimaryKey, db.Model):
     scope: Mapped[str] = mapped_column(sa.String(32), nullable=False, default="full")
     paid_znc: Mapped[Decimal] = mapped_column(Money, nullable=False)
     source: Mapped[str] = mapped_column(sa.String(16), nullable=False, default="purchase")
-    bundle_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    bundle_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, sa.ForeignKey("bundles.id"))
+    # The PURCHASE ledger entry that paid for this token (shared by every token of one bundle purchase).
+    purchase_transaction_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, sa.ForeignKey("transactions.id"),
+                                                                      index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=now)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)

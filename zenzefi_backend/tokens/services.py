@@ -20,6 +20,9 @@ from ..ledger import services as ledger
 from ..money import format_amount, round_down
 from ..notifications.outbox import emit
 from ..pagination import paginate
+from ..proxy import sessions as proxy_sessions
+from ..proxy import state as proxy_state
+from ..referrals import services as referrals
 from .models import AccessToken
 from .pricing import price_for
 
@@ -58,12 +61,12 @@ class IssuedToken:
 
 
 def build_token(user_id: uuid.UUID, duration_hours: int, scope: str, paid: Decimal, *, source: str = "purchase",
-                bundle_id: uuid.UUID | None = None) -> IssuedToken:
+                bundle_id: uuid.UUID | None = None, purchase_transaction_id: uuid.UUID | None = None) -> IssuedToken:
     secret = new_secret()
     token = AccessToken(
         id=uuid.uuid4(), user_id=user_id, token_hash=hash_secret(secret), token_hint=hint_for(secret),
         duration_hours=duration_hours, scope=scope, paid_znc=paid, source=source, bundle_id=bundle_id,
-        created_at=now(),
+        purchase_transaction_id=purchase_transaction_id, created_at=now(),
     )
     db.session.add(token)
     return IssuedToken(token, secret)
@@ -82,6 +85,8 @@ def purchase_token(user: User, duration_hours: int, scope: str = "full", *, sour
     issued = build_token(user.id, duration_hours, scope, price, source=source)
     entry = ledger.apply(user.id, -price, "purchase", f"Access token {duration_hours} h ({scope})",
                          reference_type="access_token", reference_id=issued.record.id)
+    issued.record.purchase_transaction_id = entry.id
+    referrals.award_bonus_if_qualifying(user.id, entry)
     emit("token.purchased", user.id, token_id=str(issued.record.id), duration_hours=duration_hours, scope=scope,
          paid_znc=format_amount(price), source=source)
     after_debit(user.id, entry)
@@ -147,10 +152,13 @@ def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
     if refund > 0:
         ledger.apply(user.id, refund, "refund", f"Refund for revoked token {token.token_hint}",
                      reference_type="access_token", reference_id=token.id)
+        referrals.claw_back(token, refund)
     emit("token.revoked", user.id, token_id=str(token.id), refund_amount=format_amount(refund))
     record("token.revoked", actor_id=user.id, resource_type="access_token", resource_id=token.id,
            details={"refund_amount": format_amount(refund)})
+    proxy_sessions.end_for_token(token.id, "revoked")
     db.session.commit()
+    proxy_state.forget_token(token.token_hash, token.id)  # the very next proxied request reads the database
     balance = db.session.scalar(sa.select(User.balance).where(User.id == user.id))
     return {
         "revoked": True,
