@@ -4,6 +4,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db
@@ -92,3 +93,11 @@ def test_keys_expire_after_24_hours(app, client, buyer):
         assert balance(client, buyer) == "64.00"
     with app.app_context(), clock.travel(timedelta(hours=48, seconds=2)):
         assert purge_expired() == 1
+
+
+def test_stored_responses_do_not_keep_token_secrets_in_clear(app, client, buyer):
+    secret = purchase(client, buyer, "sealed").get_json()["token"]
+    with app.app_context():
+        stored = db.session.scalar(sa.select(IdempotencyKey).where(IdempotencyKey.key == "sealed"))
+        assert secret not in stored.response_body and "paid_znc" not in stored.response_body
+    assert purchase(client, buyer, "sealed").get_json()["token"] == secret

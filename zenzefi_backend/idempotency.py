@@ -5,9 +5,13 @@ same key gets 409; the finished response (2xx or 4xx) is stored and replayed byt
 crash before the response is stored releases the claim, so the client can retry. A process that dies
 after the business commit but before storing the response leaves the claim `in_progress`: retries get
 409 (never a second charge) until the key expires.
+
+Stored responses can carry token secrets (a purchase shows its secret once, and a replay must show the
+same body), so they are encrypted at rest with a key derived from SECRET_KEY.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import uuid
@@ -16,7 +20,8 @@ from datetime import datetime, timedelta
 from functools import wraps
 
 import sqlalchemy as sa
-from flask import Response, make_response, request
+from cryptography.fernet import Fernet, InvalidToken
+from flask import Response, current_app, make_response, request
 from flask_jwt_extended import current_user
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -50,6 +55,26 @@ class KeyReusedWithDifferentRequest(ZenzefiError):
 
 class KeyInProgress(Conflict):
     message = "A request with this Idempotency-Key is still being processed."
+
+
+class StoredResponseUnreadable(Conflict):
+    message = "The first response to this Idempotency-Key can no longer be read (the server key changed)."
+
+
+def _cipher() -> Fernet:
+    key = hashlib.sha256(b"zenzefi idempotent responses\0" + current_app.config["SECRET_KEY"].encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _seal(body: bytes) -> str:
+    return _cipher().encrypt(body).decode()
+
+
+def _open(sealed: str) -> bytes:
+    try:
+        return _cipher().decrypt(sealed.encode())
+    except InvalidToken:
+        raise StoredResponseUnreadable() from None
 
 
 def _fingerprint() -> str:
@@ -101,7 +126,7 @@ def _complete(user_id: uuid.UUID, key: str, response: Response) -> None:
         sa.update(IdempotencyKey)
         .where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
         .values(state="completed", response_status=response.status_code,
-                response_body=response.get_data(as_text=True))
+                response_body=_seal(response.get_data()))
     )
     db.session.commit()
 
@@ -119,7 +144,7 @@ def idempotent(view: Callable) -> Callable:
         user_id = current_user.id
         stored = _claim(user_id, key, _fingerprint())
         if stored is not None:
-            replay = Response(stored.response_body, status=stored.response_status, mimetype="application/json")
+            replay = Response(_open(stored.response_body), status=stored.response_status, mimetype="application/json")
             replay.headers["Idempotent-Replayed"] = "true"
             return replay
         try:

@@ -18,7 +18,7 @@ from .schemas import DetailedHealthSchema, HealthSchema, ProbeSchema
 blp = Blueprint("health", __name__, url_prefix="/health", description="Liveness, readiness and status.")
 limiter.exempt(blp)
 
-FIRST_CHECK_WAIT_SECONDS = 0.08
+FIRST_CHECK_WAIT_SECONDS = 0.05
 READY_WAIT_SECONDS = 1.0
 
 
