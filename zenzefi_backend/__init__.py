@@ -44,6 +44,9 @@ def _sqlite_pragmas(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from .proxy.paths import AnyPathConverter
+
+    app.url_map.converters["anypath"] = AnyPathConverter
     from .accounts.routes import auth_blp, users_blp
     from .admin.routes import blp as admin_blp
     from .bundles.routes import blp as bundles_blp
@@ -75,6 +78,7 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
 
     # The desktop client's local origins only; never `*` together with credentials.
     CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}}, supports_credentials=True,
+         always_send=False,
          expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"])
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))

@@ -169,7 +169,7 @@ def deactivate_user(user: User, actor_id: uuid.UUID | None = None) -> User:
     sessions.end_for_user(user.id, "deactivated")
     record("user.deactivated", actor_id=actor_id, resource_type="user", resource_id=user.id)
     db.session.commit()
-    state.forget_user(user.id)
+    state.mark_inactive(user)
     return user
 
 

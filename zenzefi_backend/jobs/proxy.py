@@ -1,8 +1,19 @@
 """Proxy session upkeep: counters from Redis into PostgreSQL, idle sessions closed."""
 from __future__ import annotations
 
+from datetime import timedelta
+
+from ..clock import now
 from ..proxy.sessions import close_idle_sessions, flush_counters
+from ..proxy.state import reassert_recent_invalidations
+
+# Longer than the sweep interval, so every revoke is re-asserted at least once after it happened.
+REASSERT_WINDOW = timedelta(minutes=10)
 
 
 def sweep_proxy_sessions() -> dict[str, int]:
-    return {"flushed": flush_counters(), "closed": close_idle_sessions()}
+    return {
+        "flushed": flush_counters(),
+        "closed": close_idle_sessions(),
+        "reasserted": reassert_recent_invalidations(now() - REASSERT_WINDOW),
+    }

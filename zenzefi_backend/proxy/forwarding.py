@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import requests
 from flask import Request, Response
 from requests.adapters import HTTPAdapter
+from urllib3.util import SKIP_HEADER
 
 from ..errors import ZenzefiError
 
@@ -65,6 +66,7 @@ def upstream_session() -> requests.Session:
     if session is None:
         session = requests.Session()
         session.trust_env = False
+        session.headers.clear()  # no User-Agent, Accept or Accept-Encoding the client did not send
         session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
         session.mount("http://", adapter)
@@ -88,6 +90,9 @@ def outgoing_headers(request: Request, client_address: str | None) -> dict[str, 
         if lowered in dropped:
             continue
         headers[name] = value
+    # urllib3 and http.client would otherwise add their own User-Agent and Accept-Encoding.
+    for name in ("User-Agent", "Accept-Encoding"):
+        headers.setdefault(name, SKIP_HEADER)
     if client_address:
         previous = request.headers.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{previous}, {client_address}" if previous else client_address
@@ -141,14 +146,24 @@ def relay(upstream: requests.Response, upstream_base: str, on_done: Callable[[in
             value = rewrite_location(value, upstream_base)
         headers.append((name, value))
 
+    sent, finished = 0, False
+
+    def finish() -> None:
+        nonlocal finished
+        if not finished:
+            finished = True
+            upstream.close()
+            on_done(sent)
+
     def body() -> Iterator[bytes]:
-        sent = 0
+        nonlocal sent
         try:
             for chunk in upstream.raw.stream(CHUNK_BYTES, decode_content=False):
                 sent += len(chunk)
                 yield chunk
         finally:
-            upstream.close()
-            on_done(sent)
+            finish()
 
-    return UpstreamResponse(body(), status=upstream.status_code, headers=headers, direct_passthrough=True)
+    response = UpstreamResponse(body(), status=upstream.status_code, headers=headers, direct_passthrough=True)
+    response.call_on_close(finish)  # also when the server never iterates the body (HEAD, a client gone early)
+    return response

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
+from werkzeug.routing import BaseConverter
+
 PROXY_PREFIX = "/api/v1/proxy"
 MAX_DECODE_ROUNDS = 8
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
@@ -70,3 +72,12 @@ def canonical(subpath: str) -> str:
 
 def allowed_for_certificates_only(path: str) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in CERTIFICATES_ONLY_PREFIXES)
+
+
+class AnyPathConverter(BaseConverter):
+    """Matches any rest of the path, `//` included, so such requests reach our checks (and their 400)
+    instead of Werkzeug's slash-merging redirect."""
+
+    regex = ".*"
+    part_isolating = False
+    weight = 200

@@ -43,8 +43,8 @@ def status():
     return services.status_of(request.headers.get("X-Access-Token"))
 
 
-@blp.route("", methods=FORWARDED_METHODS, defaults={"subpath": ""}, endpoint="forward_root")
-@blp.route("/<path:subpath>", methods=FORWARDED_METHODS, endpoint="forward")
+@blp.route("", methods=FORWARDED_METHODS, defaults={"subpath": ""}, endpoint="forward_root", merge_slashes=False)
+@blp.route("/<anypath:subpath>", methods=FORWARDED_METHODS, endpoint="forward", merge_slashes=False)
 @blp.doc(security=ACCESS_TOKEN, parameters=[DEVICE_HEADER],
          responses={"200": {"description": "Whatever the Zenzefi server answered (any status, headers, bytes)"}})
 @errors(400, 401, 403, 409, 413, 429, 502, 504)
@@ -71,7 +71,9 @@ def forward(subpath: str):
     base = config["ZENZEFI_UPSTREAM_URL"].rstrip("/")
     query = request.query_string.decode("latin-1")
     url = f"{base}/{raw}" + (f"?{query}" if query else "")
-    upstream = forwarding.send(request, url, client_address=request.remote_addr,
+    # Like every proxy, append the address this connection came from (the trusted front proxy, if any).
+    peer = request.environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR", request.remote_addr)
+    upstream = forwarding.send(request, url, client_address=peer,
                                connect_timeout=config["PROXY_CONNECT_TIMEOUT"],
                                read_timeout=config["PROXY_READ_TIMEOUT"])
     proxy_latency.observe(time.perf_counter() - started)

@@ -217,7 +217,7 @@ def activate_if_first_use(admission: Admission) -> None:
     if admission.via_redis:
         row = db.session.get(AccessToken, token.token_id)
         try:
-            redis_state.remember_token(row.token_hash, TokenState.of(row))
+            redis_state.refresh_token(row.token_hash, TokenState.of(row))
         except RedisError:
             redis_state.failed()
 
@@ -240,6 +240,7 @@ def status_of(secret: str | None) -> dict[str, Any]:
     token = user = None
     if redis_state.available():
         try:
+            redis_state.drop_stale_entries()
             token, user = _cached(token_hash)
         except RedisError:
             redis_state.failed()

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -87,6 +87,15 @@ def _epoch_ms(moment: datetime | None) -> int:
 
 def _moment(epoch_ms: int) -> datetime | None:
     return None if not epoch_ms else datetime.fromtimestamp(epoch_ms / 1000, UTC)
+
+
+# Replace a cached token with fresher database state, but never over a revoke's tombstone.
+REFRESH = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= '-' and cjson.decode(current).revoked == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,7 @@ class RedisState:
         self._down_until = 0.0
         self._stale = False
         self._admit = None
+        self._refresh = None
 
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
@@ -214,13 +224,18 @@ class RedisState:
         return [part.decode() if isinstance(part, bytes) else part for part in reply]
 
     def remember_token(self, token_hash: str, state: TokenState | None) -> None:
-        if state is None:
-            self.client.set(TOKEN_KEY + token_hash, UNKNOWN, ex=UNKNOWN_TTL_SECONDS)
-        else:
-            self.client.set(TOKEN_KEY + token_hash, state.dumps(), ex=TOKEN_TTL_SECONDS)
+        """Fill the cache from the database, unless a fresher entry (a revoke's tombstone) got there first."""
+        value = UNKNOWN if state is None else state.dumps()
+        ttl = UNKNOWN_TTL_SECONDS if state is None else TOKEN_TTL_SECONDS
+        self.client.set(TOKEN_KEY + token_hash, value, ex=ttl, nx=True)
+
+    def refresh_token(self, token_hash: str, state: TokenState) -> None:
+        if self._refresh is None:
+            self._refresh = self.client.register_script(REFRESH)
+        self._refresh(keys=[TOKEN_KEY + token_hash], args=[state.dumps(), TOKEN_TTL_SECONDS], client=self.client)
 
     def remember_user(self, user_id: str, state: UserState) -> None:
-        self.client.set(USER_KEY + user_id, state.dumps(), ex=USER_TTL_SECONDS)
+        self.client.set(USER_KEY + user_id, state.dumps(), ex=USER_TTL_SECONDS, nx=True)
 
     def cached_token(self, token_hash: str) -> str | None:
         raw = self.client.get(TOKEN_KEY + token_hash)
@@ -248,24 +263,54 @@ class RedisState:
 redis_state = RedisState()
 
 
-def forget_token(token_hash: str, token_id: uuid.UUID) -> None:
-    """After a revoke or expiry: the next request reads the database again and finds the device free."""
+def _invalidate(action) -> None:
     try:
-        redis_state.client.delete(TOKEN_KEY + token_hash, HOLDER_KEY + str(token_id))
+        action(redis_state.client)
     except RedisError:
-        redis_state.failed()  # nothing cached can be read while Redis is unreachable either
+        redis_state.failed()  # the cache is dropped before Redis is used again; the sweep repeats this too
+
+
+def mark_revoked(token: AccessToken) -> None:
+    """After a revoke: a tombstone (not a mere delete, which a concurrent cache fill could undo) and the
+    device released, so the very next request is refused."""
+    state = replace(TokenState.of(token), revoked=1)
+
+    def write(client: Redis) -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(TOKEN_KEY + token.token_hash, state.dumps(), ex=TOKEN_TTL_SECONDS)
+        pipe.delete(HOLDER_KEY + str(token.id))
+        pipe.execute()
+
+    _invalidate(write)
+
+
+def mark_inactive(user: User) -> None:
+    """After a deactivation: the owner's tombstone refuses every token of theirs on the next request."""
+    _invalidate(lambda client: client.set(USER_KEY + str(user.id), UserState(0, user.plan).dumps(),
+                                          ex=USER_TTL_SECONDS))
+
+
+def forget_token(token_hash: str) -> None:
+    """After a change the database knows better (activation): the next request reads it again."""
+    _invalidate(lambda client: client.delete(TOKEN_KEY + token_hash))
 
 
 def forget_user(user_id: uuid.UUID) -> None:
-    """After a deactivation or plan change: the next request reads the user from the database."""
-    try:
-        redis_state.client.delete(USER_KEY + str(user_id))
-    except RedisError:
-        redis_state.failed()
+    """After a plan change or reactivation."""
+    _invalidate(lambda client: client.delete(USER_KEY + str(user_id)))
 
 
 def release_holder(token_id: uuid.UUID) -> None:
-    try:
-        redis_state.client.delete(HOLDER_KEY + str(token_id))
-    except RedisError:
-        redis_state.failed()
+    _invalidate(lambda client: client.delete(HOLDER_KEY + str(token_id)))
+
+
+def reassert_recent_invalidations(since: datetime) -> int:
+    """Write the tombstones of recent revokes and deactivations again (periodic sweep): a process that
+    could not reach Redis at the time cannot leave a stale 'valid' entry behind for long."""
+    tokens = db.session.scalars(sa.select(AccessToken).where(AccessToken.revoked_at >= since)).all()
+    users = db.session.scalars(sa.select(User).where(User.is_active.is_(False), User.updated_at >= since)).all()
+    for token in tokens:
+        mark_revoked(token)
+    for user in users:
+        mark_inactive(user)
+    return len(tokens) + len(users)

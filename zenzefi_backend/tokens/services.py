@@ -158,7 +158,7 @@ def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
            details={"refund_amount": format_amount(refund)})
     proxy_sessions.end_for_token(token.id, "revoked")
     db.session.commit()
-    proxy_state.forget_token(token.token_hash, token.id)  # the very next proxied request reads the database
+    proxy_state.mark_revoked(token)  # the very next proxied request is refused
     balance = db.session.scalar(sa.select(User.balance).where(User.id == user.id))
     return {
         "revoked": True,

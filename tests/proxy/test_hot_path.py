@@ -1,0 +1,206 @@
+"""The hot path: no SQL at all once warm; with Redis down, served from PostgreSQL with the same rules, and
+back on the fast path by itself when Redis returns. Invalidation must survive both."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.e2e.harness import TcpRelay
+from tests.proxy.conftest import DEVICE_A, DEVICE_B, ProxyEnv, Reply, assert_error, pattern
+from tests.support import REAL_SERVICES_REASON
+from zenzefi_backend.proxy import services, state
+
+# --- no SQL once warm -----------------------------------------------------------------------------
+
+
+def test_warm_proxied_requests_execute_no_sql(env, token):
+    assert env.get("certificates/filter", token=token).status_code == 200  # warm-up: may read the database
+    with env.count_sql() as statements:
+        assert env.get("certificates/filter?page=2", token=token).status_code == 200
+        assert env.get("certificates/details/42", token=token).status_code == 200
+    assert statements == []
+
+
+def test_warm_requests_with_bodies_and_big_answers_execute_no_sql(env, token, upstream):
+    upstream.reply("/certificates/export", Reply(body=pattern(1_000_000)))
+    assert env.get("certificates/filter", token=token).status_code == 200
+    with env.count_sql() as statements:
+        assert env.call("POST", "certificates/import", token=token, data=pattern(50_000)).status_code == 200
+        response = env.get("certificates/export", token=token)
+        assert response.status_code == 200 and len(response.get_data()) == 1_000_000
+        assert env.call("DELETE", "certificates/remove/1", token=token).status_code == 200
+    assert statements == []
+
+
+def test_warm_rejections_and_status_execute_no_sql(env, token):
+    assert env.get("certificates/filter", token=token).status_code == 200
+    assert env.status(token).status_code == 200
+    assert_error(env.get("certificates/filter", token="u" * 64), 401)  # the unknown secret is remembered too
+    with env.count_sql() as statements:
+        assert env.status(token).status_code == 200
+        assert_error(env.get("certificates/filter", token=token, device=DEVICE_B), 409)
+        assert_error(env.get("a/../b", token=token), 400)
+        assert_error(env.get("certificates/filter", token="u" * 64), 401)
+    assert statements == []
+
+
+def test_a_second_token_warms_up_on_its_own(env, token):
+    other = env.buy(token["user"])
+    assert env.get("certificates/filter", token=token).status_code == 200
+    assert env.get("certificates/filter", token=other, device=DEVICE_B).status_code == 200
+    with env.count_sql() as statements:
+        for _ in range(3):
+            assert env.get("certificates/filter", token=token).status_code == 200
+            assert env.get("certificates/filter", token=other, device=DEVICE_B).status_code == 200
+    assert statements == []
+
+
+# --- a revoke racing a cache fill --------------------------------------------------------------------
+
+
+def test_a_revoke_racing_a_cache_fill_still_wins(env, token, monkeypatch):
+    """Request X reads the token from the database; the owner revokes (and the cache entry is deleted);
+    then X writes what it read into the cache. Every request after the revoke answered must be 401."""
+    assert env.get("certificates/filter", token=token).status_code == 200  # activated, cached
+    with env.ctx():  # the cached entry's TTL ran out: the next request fills the cache again
+        state.redis_state.client.delete(state.TOKEN_KEY + state.hash_secret(token["token"]))
+    read_from_database = services.token_from_database
+    revoked = []
+
+    def read_then_revoke(token_hash):
+        found = read_from_database(token_hash)
+        if not revoked:
+            nested = env.app.test_client()  # the owner, elsewhere
+            revoked.append(nested.delete(f"/api/v1/tokens/{token['id']}", headers=token["user"]["headers"]).status_code)
+        return found
+
+    monkeypatch.setattr(services, "token_from_database", read_then_revoke)
+    env.get("certificates/filter", token=token)  # concurrent with the revoke: either answer is fine
+    assert revoked == [200]
+    monkeypatch.setattr(services, "token_from_database", read_from_database)
+    assert_error(env.get("certificates/filter", token=token), 401)
+
+
+# --- Redis down: PostgreSQL decides, then back to the fast path ---------------------------------------
+
+
+@pytest.fixture
+def redis_relay(backends) -> Iterator[TcpRelay]:
+    if not backends.is_postgres or backends.redis_url is None:
+        pytest.skip(REAL_SERVICES_REASON)
+    parts = urlsplit(backends.redis_url)
+    relay = TcpRelay(parts.hostname or "127.0.0.1", parts.port or 6379).start()
+    yield relay
+    relay.stop()
+
+
+@pytest.fixture
+def relayed_env(make_env, backends, redis_relay) -> ProxyEnv:
+    parts = urlsplit(backends.redis_url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{redis_relay.address}" if credentials else redis_relay.address
+    return make_env(REDIS_URL=urlunsplit(parts._replace(netloc=netloc)))
+
+
+def wait_for_redis_retry() -> None:
+    time.sleep(state.REDIS_RETRY_SECONDS + 0.2)
+
+
+def timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_redis_down_is_served_from_the_database_with_the_device_rule(relayed_env, redis_relay):
+    env = relayed_env
+    held, doomed = env.buy(), env.buy()
+    for token in (held, doomed):
+        for _ in range(2):
+            assert env.get("certificates/filter", token=token).status_code == 200
+    with env.count_sql() as statements:
+        assert env.get("certificates/filter", token=held).status_code == 200
+    assert statements == []  # on the fast path before the outage
+
+    redis_relay.stop()
+    response, seconds = timed(lambda: env.get("certificates/filter", token=held))
+    assert response.status_code == 200 and seconds < 3.0
+    for _ in range(3):
+        response, seconds = timed(lambda: env.get("certificates/details/7", token=held))
+        assert response.status_code == 200 and seconds < 1.0  # the outage costs one failure, not one per request
+    response = env.get("certificates/filter", token=held, device=DEVICE_B)
+    assert_error(response, 409)
+    assert int(response.headers["Retry-After"]) >= 1
+    assert env.revoke(doomed).status_code == 200
+    assert_error(env.get("certificates/filter", token=doomed), 401)
+    fresh = env.buy()
+    assert env.get("certificates/filter", token=fresh, device=DEVICE_B).status_code == 200  # first use, no Redis
+    assert env.token_row(fresh).activated_at is not None
+    assert_error(env.get("certificates/filter", token=fresh, device=DEVICE_A), 409)
+    assert env.status(held).get_json()["status"] == "active"
+    with env.count_sql() as statements:
+        assert env.get("certificates/filter", token=held).status_code == 200
+    assert statements, "without Redis the database must have been asked"
+
+    redis_relay.start()
+    wait_for_redis_retry()
+    for token, device in ((held, DEVICE_A), (fresh, DEVICE_B)):
+        assert env.get("certificates/filter", token=token, device=device).status_code == 200  # warm-up
+    with env.count_sql() as statements:
+        assert env.get("certificates/filter", token=held).status_code == 200
+        assert env.get("certificates/filter", token=fresh, device=DEVICE_B).status_code == 200
+        assert_error(env.get("certificates/filter", token=held, device=DEVICE_B), 409)
+    assert statements == []  # back on the fast path by itself
+    (session,) = [s for s in env.sessions(held) if s.is_active]
+    assert session.device_id == DEVICE_A
+
+
+def test_sessions_opened_without_redis_count_and_close_normally(relayed_env, redis_relay):
+    env = relayed_env
+    token = env.buy()
+    redis_relay.stop()
+    for _ in range(3):
+        assert env.get("certificates/filter", token=token).status_code == 200
+    (session,) = env.sessions(token)
+    assert session.request_count == 3 and session.bytes_out == 3 * len(b"upstream ok")
+    redis_relay.start()
+    wait_for_redis_retry()
+    for _ in range(2):
+        assert env.get("certificates/filter", token=token).status_code == 200
+    env.flush_counters()
+    (session,) = env.sessions(token)
+    assert session.request_count == 5 and session.is_active
+
+
+@pytest.mark.parametrize("first", ["proxy", "status"])
+@pytest.mark.parametrize("invalidation", ["revoke", "deactivate"])
+def test_an_invalidation_during_the_outage_still_holds_after_redis_returns(relayed_env, redis_relay, invalidation,
+                                                                            first):
+    """The revoke's and deactivation's cache writes cannot reach Redis during the outage; the cached 'valid'
+    entries must not come back to life when it returns — whichever endpoint asks first."""
+    env = relayed_env
+    token = env.buy()
+    for _ in range(2):
+        assert env.get("certificates/filter", token=token).status_code == 200  # cached in Redis
+    assert env.status(token).status_code == 200
+    redis_relay.stop()
+    assert env.get("certificates/filter", token=token).status_code == 200  # notice the outage
+    if invalidation == "revoke":
+        assert env.revoke(token).status_code == 200
+    else:
+        result = env.app.test_cli_runner().invoke(args=["users", "deactivate", token["user"]["email"]])
+        assert result.exit_code == 0, result.output
+    assert_error(env.get("certificates/filter", token=token), 401)
+    assert_error(env.status(token), 401)
+    redis_relay.start()
+    wait_for_redis_retry()
+    env.upstream.clear()
+    asks = [lambda: env.status(token), lambda: env.get("certificates/filter", token=token)]
+    for ask in asks if first == "status" else asks[::-1]:
+        assert_error(ask(), 401)
+    for _ in range(3):  # and stays so on the fast path
+        assert_error(env.get("certificates/filter", token=token), 401)
+    assert env.upstream.log == []
