@@ -41,6 +41,10 @@ def app_config(backends: Backends, instance: Path, **extra) -> dict:
         "PASSWORD_HASH_MEMORY_KIB": 1024,
         "RATELIMIT_REGISTER": "1000 per hour",
         "RATELIMIT_LOGIN_FAILED": "1000 per hour",
+        # The per-user API limit by plan would throttle tests that make many requests; tests/plans lowers it.
+        "RATELIMIT_API_FREE": 1_000_000,
+        "RATELIMIT_API_PREMIUM": 2_000_000,
+        "RATELIMIT_API_ENTERPRISE": 3_000_000,
         "ZENZEFI_UPSTREAM_URL": "http://127.0.0.1:9",
         "MAIL_FROM": "Zenzefi <no-reply@example.com>",
     }

@@ -77,3 +77,9 @@ def test_nul_characters_are_a_422_not_a_database_error(client, path, body):
     response = client.post(path, json=body)
     assert response.status_code == 422
     assert response.get_json()["errors"]
+
+
+def test_nul_characters_in_query_strings_are_422_too(client):
+    response = client.post("/api/v1/auth/register?ref=AB%00CD",
+                           json={"email": "q@example.com", "username": "querynul", "password": "long enough"})
+    assert response.status_code == 422

@@ -55,12 +55,13 @@ def register_blueprints(app: Flask) -> None:
     from .payments.routes import blp as payments_blp
     from .payments.routes import mock_blp as mock_provider_blp
     from .payments.routes import webhook_blp as payment_webhook_blp
+    from .plans.routes import blp as plans_blp
     from .proxy.routes import blp as proxy_blp
     from .referrals.routes import blp as referrals_blp
     from .tokens.routes import blp as tokens_blp
 
     for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, proxy_blp, currency_blp, payments_blp,
-                      payment_webhook_blp, mock_provider_blp, admin_blp, bundles_blp, referrals_blp):
+                      payment_webhook_blp, mock_provider_blp, admin_blp, bundles_blp, referrals_blp, plans_blp):
         api.register_blueprint(blueprint)
 
 

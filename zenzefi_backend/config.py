@@ -78,6 +78,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATELIMIT_PROXY_FREE", int, 1000, "Proxied requests per minute per token, free plan."),
     Setting("RATELIMIT_PROXY_PREMIUM", int, 3000, "Proxied requests per minute per token, premium plan."),
     Setting("RATELIMIT_PROXY_ENTERPRISE", int, 10000, "Proxied requests per minute per token, enterprise plan."),
+    Setting("RATELIMIT_API_FREE", int, 100, "API requests per minute per user (or client IP), free plan."),
+    Setting("RATELIMIT_API_PREMIUM", int, 500, "API requests per minute per user, premium plan."),
+    Setting("RATELIMIT_API_ENTERPRISE", int, 2000, "API requests per minute per user, enterprise plan."),
+    Setting("PLAN_PRICE_PREMIUM", Decimal, Decimal("10"), "Price in ZNC of 30 days of the premium plan."),
+    Setting("PLAN_PRICE_ENTERPRISE", Decimal, Decimal("50"), "Price in ZNC of 30 days of the enterprise plan."),
     Setting("TRUSTED_PROXY_HOPS", int, 0, "Reverse proxies in front of us whose X-Forwarded-For is trusted."),
     Setting(
         "CORS_ORIGINS",
@@ -120,7 +125,7 @@ def _check_amounts(values: Mapping[str, Any]) -> None:
     """Prices and rates are money: > 0, at most 2 decimals, ≤ 1,000,000.00 (a 0 price would be a 500 later)."""
     from .money import InvalidAmount, parse_amount
 
-    for name in [s.name for s in SETTINGS if s.name.startswith(("TOKEN_PRICE_", "ZNC_RATE_"))]:
+    for name in [s.name for s in SETTINGS if s.name.startswith(("TOKEN_PRICE_", "ZNC_RATE_", "PLAN_PRICE_"))]:
         try:
             parse_amount(str(values[name]))
         except InvalidAmount as exc:

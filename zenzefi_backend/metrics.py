@@ -2,10 +2,23 @@
 
 Plain prometheus_client metrics: in gunicorn's multiprocess mode they are written per process and summed
 at scrape time, so `/metrics` is right whichever worker answers.
+
+Business counters move only when the change they count is committed: services call `count(...)` inside
+their DB transaction and the increment waits for that transaction's commit (a rolled-back purchase is never
+counted). The gauges are computed from the database and Redis just before `/metrics` renders
+(`refresh_gauges`, called by the `/metrics` view); each worker writes what it computed, and in multiprocess
+mode the most recent value wins (`livemostrecent`), so every worker reports the same figure.
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import logging
+from decimal import Decimal
+
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
+
+log = logging.getLogger(__name__)
 
 proxy_requests = Counter("proxy_requests_total", "Proxied requests by method and answer status",
                          ["method", "status"])
@@ -13,3 +26,94 @@ proxy_latency = Histogram("proxy_latency_seconds", "Time from request to upstrea
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 proxy_bytes = Counter("proxy_bytes_total", "Bytes through the proxy by direction", ["direction"])
 token_validations = Counter("token_validations_total", "Access-token checks by result", ["result"])
+
+auth_attempts = Counter("auth_attempts_total", "Logins by result (success, failure)", ["result"])
+token_purchases = Counter("token_purchases_total", "Access tokens sold (single and bundle tokens) by duration",
+                          ["duration_hours"])
+token_revocations = Counter("token_revocations_total", "Access tokens revoked (by their owner or an admin)")
+znc_revenue = Counter("znc_revenue_total", "ZNC spent on tokens, bundles and plans (gross, before refunds)")
+balance_deposits = Counter("balance_deposits_total", "Balance top-ups credited (provider webhook, mock purchase)")
+referral_bonuses = Counter("referral_bonuses_total", "Referral bonuses awarded")
+emails_sent = Counter("emails_sent_total", "E-mails sent by kind", ["kind"])
+webhook_deliveries = Counter("webhook_deliveries_total", "Outgoing webhook deliveries by result", ["result"])
+
+active_tokens = Gauge("active_tokens", "Access tokens activated, not revoked and not expired",
+                      multiprocess_mode="livemostrecent")
+active_sessions = Gauge("active_sessions", "Open proxy sessions", multiprocess_mode="livemostrecent")
+total_users = Gauge("total_users", "Registered users", multiprocess_mode="livemostrecent")
+rq_queue_depth = Gauge("rq_queue_depth", "Jobs waiting in each RQ queue", ["queue"],
+                       multiprocess_mode="livemostrecent")
+
+_PENDING = "zenzefi_metrics_pending"
+
+
+def count(counter: Counter, amount: int | Decimal = 1, **labels: str) -> None:
+    """Increment `counter` once the session's current transaction commits (at once when none is open).
+
+    A rollback, or a session closed without a commit, drops the increment.
+    """
+    from .database import db
+
+    session = db.session()
+    if not session.in_transaction():
+        _increment(counter, amount, labels)
+        return
+    session.info.setdefault(_PENDING, []).append((counter, amount, labels))
+
+
+def _increment(counter: Counter, amount: int | Decimal, labels: dict[str, str]) -> None:
+    target = counter.labels(**labels) if labels else counter
+    target.inc(float(amount))
+
+
+@event.listens_for(Session, "after_commit")
+def _count_committed(session: Session) -> None:
+    for counter, amount, labels in session.info.pop(_PENDING, ()):
+        _increment(counter, amount, labels)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    # After a commit the list is already gone (after_commit runs first); what is left was rolled back.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+def refresh_gauges() -> None:
+    """Compute the gauges now (cheap COUNTs and Redis LLENs). A dependency that is down leaves its gauges as
+    they were; `/metrics` still answers."""
+    import sqlalchemy as sa
+
+    from .accounts.models import User
+    from .clock import now
+    from .database import db
+    from .extensions import get_redis
+    from .jobs.queues import QUEUE_NAMES
+    from .proxy.models import ProxySession
+    from .tokens.models import AccessToken
+
+    moment = now()
+    try:
+        users, tokens, sessions = db.session.execute(sa.select(
+            sa.select(sa.func.count()).select_from(User).scalar_subquery(),
+            sa.select(sa.func.count()).select_from(AccessToken).where(
+                AccessToken.revoked_at.is_(None), AccessToken.activated_at.is_not(None),
+                AccessToken.expires_at > moment).scalar_subquery(),
+            sa.select(sa.func.count()).select_from(ProxySession).where(ProxySession.is_active.is_(True))
+            .scalar_subquery(),
+        )).one()
+        total_users.set(users)
+        active_tokens.set(tokens)
+        active_sessions.set(sessions)
+    except Exception:
+        log.warning("metrics: cannot count users, tokens and sessions", exc_info=True)
+    finally:
+        db.session.rollback()
+    try:
+        client = get_redis()
+        from rq import Queue
+
+        for name in QUEUE_NAMES:
+            rq_queue_depth.labels(queue=name).set(Queue(name, connection=client).count)
+    except Exception:
+        log.warning("metrics: cannot read the RQ queue depths", exc_info=True)

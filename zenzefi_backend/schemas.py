@@ -1,6 +1,7 @@
 """Schema building blocks shared by every domain."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +13,7 @@ from .money import InvalidAmount, format_amount, parse_amount
 def _nul_fields(data: Any, path: str = "") -> list[str]:
     if isinstance(data, str):
         return [path or "_schema"] if "\x00" in data else []
-    if isinstance(data, dict):
+    if isinstance(data, Mapping):  # query arguments come as a MultiDictProxy, not a dict
         return [hit for key, value in data.items() for hit in _nul_fields(value, str(key))]
     if isinstance(data, list):
         return [hit for value in data for hit in _nul_fields(value, path)]

@@ -1,4 +1,5 @@
-"""`/metrics` under gunicorn with 2 workers: counters add up across workers; the optional bearer token."""
+"""`/metrics` under gunicorn with 2 workers: counters add up across workers (HTTP, business and proxy
+counters), gauges agree whichever worker answers; the optional bearer token."""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,7 +7,8 @@ from collections import Counter
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import Gunicorn, real_services, wait_for
+from tests.e2e.harness import Gunicorn, Upstream, real_services, wait_for
+from tests.e2e.test_rate_limits_e2e import call, sign_up
 
 pytestmark = [pytest.mark.e2e, real_services]
 
@@ -15,6 +17,10 @@ METRICS_READS = 10
 MAX_METRICS_READS = 60
 LIVE_ENDPOINT = "health.Live"
 METRICS_TOKEN = "s3cret-e2e-metrics-token-0123456789"
+MIN_EVENTS = 6
+MAX_EVENTS = 40
+PURCHASE = "/api/v1/tokens/purchase"
+PROXIED = "/api/v1/proxy/certificates/filter"
 
 
 def counted(exposition: str, sample_name: str, **labels: str) -> float:
@@ -88,3 +94,60 @@ def test_metrics_token_is_required_when_configured(services):
         response = server.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
         assert response.status == 200, server.describe(repr(response))
         assert live_requests_counted(response.text)[1] >= 1, response.text[:2000]
+
+
+def until_both_workers(server: Gunicorn, method: str, path: str, action) -> int:
+    """Repeat `action` (one request to `method path`) until both workers have served it; how many were made."""
+    already = len(server.served(method, path))
+    made = 0
+    while made < MAX_EVENTS:
+        action()
+        made += 1
+        if made >= MIN_EVENTS and len(set(server.served(method, path)[already:])) == 2:
+            return made
+    pytest.fail(server.describe(f"{made} × {method} {path} never reached both workers"))
+
+
+def test_business_and_proxy_counters_sum_every_worker(services):
+    with Upstream() as upstream, Gunicorn(services.database_url, services.redis_url,
+                                          {"ZENZEFI_UPSTREAM_URL": upstream.url}) as server:
+        user = sign_up(server)
+        topped_up = call(server, "POST", "/api/v1/currency/mock-purchase", {"amount": "1000.00"}, user["headers"])
+        assert topped_up.status == 201, server.describe(repr(topped_up))
+        tokens = []
+
+        def buy() -> None:
+            response = call(server, "POST", PURCHASE, {"duration_hours": 1}, user["headers"])
+            assert response.status == 201, server.describe(repr(response))
+            tokens.append(response.json()["token"])
+
+        bought = until_both_workers(server, "POST", PURCHASE, buy)
+        device = {"X-Access-Token": tokens[0], "X-Device-ID": "e2e-metrics-device-01"}
+
+        def proxy() -> None:
+            response = call(server, "GET", PROXIED, headers=device)
+            assert response.status == 200 and response.body == b"upstream ok", server.describe(repr(response))
+
+        proxied = until_both_workers(server, "GET", PROXIED, proxy)
+
+        expected = {
+            ("token_purchases_total", (("duration_hours", "1"),)): bought,
+            ("znc_revenue_total", ()): bought * 1.0,  # TOKEN_PRICE_1H
+            ("proxy_requests_total", (("method", "GET"), ("status", "200"))): proxied,
+            ("balance_deposits_total", ()): 1,
+            ("auth_attempts_total", (("result", "success"),)): 1,
+            ("total_users", ()): 1,
+            ("active_tokens", ()): 1,  # the token the proxy activated
+        }
+        readings = []
+        for _ in range(MAX_METRICS_READS):
+            response = server.get("/metrics")
+            assert response.status == 200, server.describe(repr(response))
+            readings.append({key: counted(response.text, key[0], **dict(key[1])) for key in expected})
+            if len(readings) >= METRICS_READS and len(set(server.served("GET", "/metrics"))) == 2:
+                break
+        assert len(set(server.served("GET", "/metrics"))) == 2, server.describe("/metrics came from one worker")
+        assert readings == [expected] * len(readings), server.describe(
+            f"{bought} purchases by workers {sorted(Counter(server.served('POST', PURCHASE)).items())}, "
+            f"{proxied} proxied by {sorted(Counter(server.served('GET', PROXIED)).items())}; /metrics said "
+            f"{[r for r in readings if r != expected][:2]} (served by {server.served('GET', '/metrics')})")

@@ -14,6 +14,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt.exceptions import PyJWTError
 from sqlalchemy.exc import IntegrityError
 
+from .. import metrics
 from ..audit.services import record
 from ..database import db
 from ..errors import Conflict, InvalidCredentials, Unauthorized, ValidationFailed
@@ -93,11 +94,13 @@ def authenticate(email: str, password: str) -> User:
         reason = "unknown_email" if user is None else ("inactive" if password_ok else "wrong_password")
         record("auth.login_failed", actor_id=user.id if user else None, resource_type="user",
                resource_id=user.id if user else None, details={"email": email.strip().lower(), "reason": reason})
+        metrics.count(metrics.auth_attempts, result="failure")
         db.session.commit()
         raise InvalidCredentials()
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     record("auth.login", actor_id=user.id, resource_type="user", resource_id=user.id)
+    metrics.count(metrics.auth_attempts, result="success")
     db.session.commit()
     return user
 
@@ -170,6 +173,19 @@ def deactivate_user(user: User, actor_id: uuid.UUID | None = None) -> User:
     record("user.deactivated", actor_id=actor_id, resource_type="user", resource_id=user.id)
     db.session.commit()
     state.mark_inactive(user)
+    return user
+
+
+def reactivate_user(user: User, actor_id: uuid.UUID | None = None) -> User:
+    """Let a deactivated user back in. JWTs issued before the deactivation stay dead (a new generation):
+    the user signs in again. Their access tokens work again from the next request."""
+    from ..proxy import state
+
+    user.is_active = True
+    user.jwt_generation += 1
+    record("user.reactivated", actor_id=actor_id, resource_type="user", resource_id=user.id)
+    db.session.commit()
+    state.forget_user(user.id)  # drop the deactivation's tombstone
     return user
 
 

@@ -1,13 +1,19 @@
-"""The audit writer: rows join the caller's transaction, so they commit (or roll back) with the change."""
+"""The audit writer: rows join the caller's transaction, so they commit (or roll back) with the change.
+Also the audit trail as superusers read it, and its retention."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from flask import has_request_context, request
 
 from ..database import db
+from ..pagination import paginate
 from .models import AuditLog
+
+PURGE_BATCH = 5000
 
 
 def record(
@@ -30,3 +36,38 @@ def record(
         entry.user_agent = (request.user_agent.string or "")[:512] or None
     db.session.add(entry)
     return entry
+
+
+def audit_logs(*, actor_id: uuid.UUID | None = None, action: str | None = None, resource_type: str | None = None,
+               since: datetime | None = None, limit: int, offset: int) -> dict[str, Any]:
+    """The trail, newest first; every filter is an exact match (`since` inclusive)."""
+    statement = sa.select(AuditLog).order_by(AuditLog.created_at.desc(), AuditLog.id.desc())
+    if actor_id is not None:
+        statement = statement.where(AuditLog.actor_id == actor_id)
+    if action:
+        statement = statement.where(AuditLog.action == action)
+    if resource_type:
+        statement = statement.where(AuditLog.resource_type == resource_type)
+    if since is not None:
+        statement = statement.where(AuditLog.created_at >= since)
+    return paginate(statement, limit, offset)
+
+
+def purge_audit_logs(older_than: datetime) -> int:
+    """Delete the rows created before `older_than`, in short batches (no long lock on a big table).
+
+    Safe on several workers at once: on PostgreSQL each batch skips rows another worker is deleting;
+    everywhere a row is deleted once, and a worker stops when it finds nothing left to delete."""
+    purged = 0
+    while True:
+        batch = (
+            sa.select(AuditLog.id).where(AuditLog.created_at < older_than).limit(PURGE_BATCH)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders no lock clause
+        )
+        deleted = db.session.execute(
+            sa.delete(AuditLog).where(AuditLog.id.in_(batch)).execution_options(synchronize_session=False)
+        ).rowcount or 0
+        db.session.commit()
+        if deleted == 0:
+            return purged
+        purged += deleted

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from .. import metrics
 from ..accounts.models import User
 from ..audit.services import record
 from ..database import db
@@ -192,6 +193,8 @@ def purchase_bundle(user: User, bundle_id: uuid.UUID) -> dict[str, Any]:
     result = {"bundle_id": bundle.id, "bundle_name": bundle.name, "tokens_generated": len(issued),
               "cost_znc": bundle.total_price, "new_balance": entry.balance_after, "tokens": issued}
     purchase_id = entry.id
+    metrics.count(metrics.token_purchases, bundle.token_count, duration_hours=str(bundle.duration_hours))
+    metrics.count(metrics.znc_revenue, bundle.total_price)
     db.session.commit()
     # The commit expired every token; reload them in one query rather than one query per token.
     db.session.scalars(sa.select(AccessToken).where(AccessToken.purchase_transaction_id == purchase_id)).all()

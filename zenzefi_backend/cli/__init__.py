@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from .backup import backup_cli
 from .bundles import bundles_cli
 from .jobs import jobs_cli
 from .ledger import ledger_cli
@@ -13,3 +14,4 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(jobs_cli)
     app.cli.add_command(ledger_cli)
     app.cli.add_command(bundles_cli)
+    app.cli.add_command(backup_cli)

@@ -16,12 +16,16 @@ from datetime import time as clock_time
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, Retry
 
 from ..clock import now
+from .audit import audit_retention
 from .health import health_check
+from .maintenance import purge_expired_job
 from .payments import expire_pending_payments_job
+from .plans import expire_plans_job
 from .proxy import sweep_proxy_sessions
+from .tokens import expire_tokens_job
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,10 @@ LEADER_KEY = "zenzefi:scheduler:leader"
 SLOT_KEY = "zenzefi:scheduler:slot:{name}:{slot}"
 LEASE_SECONDS = 30
 TICK_SECONDS = 1.0
+# A failed periodic run is retried after 10 s, 1 min and 5 min (RQ's scheduler, which the worker runs),
+# then stays in the FailedJobRegistry (`flask jobs status`) for FAILURE_TTL_SECONDS.
+RETRY_INTERVALS = (10, 60, 300)
+FAILURE_TTL_SECONDS = 7 * 86400
 
 # Renew or release the lease only if we still hold it.
 _RENEW = """
@@ -71,6 +79,10 @@ SCHEDULE: tuple[Periodic, ...] = (
     Periodic("health_check", health_check, every_seconds=50, timeout_seconds=30),
     Periodic("proxy_sessions", sweep_proxy_sessions, every_seconds=60),
     Periodic("expire_payments", expire_pending_payments_job, every_seconds=300),
+    Periodic("expire_plans", expire_plans_job, every_seconds=3600),
+    Periodic("audit_retention", audit_retention, daily_at=clock_time(3, 0)),
+    Periodic("expire_tokens", expire_tokens_job, every_seconds=300),
+    Periodic("purge_expired", purge_expired_job, every_seconds=3600),
 )
 
 
@@ -110,7 +122,8 @@ class PeriodicScheduler:
                 job_id=f"periodic-{periodic.name}-{slot}",
                 job_timeout=periodic.timeout_seconds,
                 result_ttl=3600,
-                failure_ttl=7 * 86400,
+                failure_ttl=FAILURE_TTL_SECONDS,
+                retry=Retry(max=len(RETRY_INTERVALS), interval=list(RETRY_INTERVALS)),
             )
             enqueued.append(periodic.name)
         return enqueued

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from flask import current_app, url_for
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .. import metrics
 from ..accounts.models import User
 from ..audit.services import record
 from ..clock import now
@@ -299,6 +300,7 @@ def handle_webhook(raw_body: bytes, header: str | None) -> dict[str, bool]:
              amount_znc=format_amount(payment.amount_znc), currency=payment.currency,
              amount=format_amount(payment.amount), balance=format_amount(entry.balance_after))
         details["balance_after"] = format_amount(entry.balance_after)
+        metrics.count(metrics.balance_deposits)
     record(f"payment.{status}", actor_id=payment.user_id, resource_type="payment", resource_id=payment.id,
            details=details)
     db.session.commit()
@@ -331,6 +333,7 @@ def mock_purchase(user: User, amount: Decimal) -> dict[str, Any]:
          balance=format_amount(entry.balance_after))
     record("payment.mock_purchase", actor_id=user.id, resource_type="transaction", resource_id=entry.id,
            details={"amount_znc": format_amount(amount), "balance_after": format_amount(entry.balance_after)})
+    metrics.count(metrics.balance_deposits)
     db.session.commit()
     return {"transaction": entry, "new_balance": entry.balance_after}
 

@@ -29,7 +29,8 @@ class DeviceInUse(Conflict):
     message = "This token is in use on another device. Try again when that device has been idle."
 
     def __init__(self, retry_after_seconds: float):
-        seconds = max(1, math.ceil(retry_after_seconds))
+        idle = current_app.config["SESSION_IDLE_SECONDS"]
+        seconds = min(idle, max(1, math.ceil(retry_after_seconds)))
         super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
 
 
@@ -59,8 +60,8 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
     request is counted here too."""
     idle = idle_timeout()
     for _ in range(CLAIM_ATTEMPTS):
-        moment = now()
         active = _active_session(token_id)
+        moment = now()  # after the row lock: the winner of a race may have just written last_activity
         if active is not None and active.device_id == device_id:
             if count_request:
                 active.last_activity = moment
@@ -70,7 +71,7 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
             db.session.commit()
             return active.id
         if active is not None:
-            idle_for = moment - active.last_activity
+            idle_for = max(moment - active.last_activity, timedelta(0))
             if idle_for < idle:
                 db.session.rollback()
                 raise DeviceInUse((idle - idle_for).total_seconds())

@@ -147,7 +147,9 @@ class UserState:
 
     @classmethod
     def of(cls, user: User) -> UserState:
-        return cls(int(user.is_active), user.plan)
+        from ..plans.services import effective_plan  # plans → ledger → … would import us back at module level
+
+        return cls(int(user.is_active), effective_plan(user))
 
     @classmethod
     def loads(cls, raw: str | bytes) -> UserState:

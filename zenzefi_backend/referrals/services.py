@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 
+from .. import metrics
 from ..accounts.models import User
 from ..audit.services import record
 from ..database import db
@@ -62,6 +63,7 @@ def award_bonus_if_qualifying(referee_id: uuid.UUID, purchase: Transaction) -> R
            details={"referrer_id": str(referrer_id), "referee_id": str(referee_id),
                     "purchase_transaction_id": str(purchase.id), "purchase_amount": format_amount(amount),
                     "bonus_amount": format_amount(bonus_amount), "transaction_id": str(entry.id)})
+    metrics.count(metrics.referral_bonuses)  # with the purchase's commit
     return bonus
 
 

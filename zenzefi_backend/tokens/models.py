@@ -12,6 +12,7 @@ from ..database import Money, UTCDateTime, UUIDPrimaryKey, db
 
 SCOPES = ("full", "certificates_only")
 SOURCES = ("purchase", "bundle", "auto_renewal")
+EXPIRY_PENDING = "expires_at IS NOT NULL AND expiry_processed_at IS NULL AND revoked_at IS NULL"
 
 
 class AccessToken(UUIDPrimaryKey, db.Model):
@@ -21,6 +22,9 @@ class AccessToken(UUIDPrimaryKey, db.Model):
     __table_args__ = (
         sa.Index("ix_access_tokens_user_id_created_at", "user_id", "created_at"),
         sa.CheckConstraint("paid_znc >= 0", name="paid_non_negative"),
+        # What the expiry sweep looks for: activated, unrevoked tokens it has not processed yet (stays small).
+        sa.Index("ix_access_tokens_expiry_pending", "expires_at",
+                 postgresql_where=sa.text(EXPIRY_PENDING), sqlite_where=sa.text(EXPIRY_PENDING)),
     )
 
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("users.id"), nullable=False)
@@ -38,6 +42,8 @@ class AccessToken(UUIDPrimaryKey, db.Model):
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set once by the expiry sweep (event, session end, cache) — never by anything else.
+    expiry_processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def status_at(self, moment: datetime) -> str:
         if self.revoked_at is not None:

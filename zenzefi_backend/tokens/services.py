@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .. import metrics
 from ..accounts.models import User
 from ..audit.services import record
 from ..clock import now
@@ -35,6 +36,10 @@ class TokenNotFound(NotFound):
 
 class TokenExpired(Conflict):
     message = "The token has expired; there is nothing left to refund."
+
+
+class TokenAlreadyRevoked(Conflict):
+    message = "The token is already revoked."
 
 
 def hash_secret(secret: str) -> str:
@@ -92,6 +97,8 @@ def purchase_token(user: User, duration_hours: int, scope: str = "full", *, sour
     after_debit(user.id, entry)
     record("token.purchased", actor_id=user.id, resource_type="access_token", resource_id=issued.record.id,
            details={"duration_hours": duration_hours, "scope": scope, "paid_znc": format_amount(price)})
+    metrics.count(metrics.token_purchases, duration_hours=str(duration_hours))
+    metrics.count(metrics.znc_revenue, price)
     db.session.commit()
     return issued
 
@@ -108,6 +115,19 @@ def list_tokens(user: User, *, active_only: bool, limit: int, offset: int) -> di
             sa.or_(AccessToken.expires_at.is_(None), AccessToken.expires_at > now()),
         )
     return paginate(statement, limit, offset)
+
+
+def status_condition(status: str, moment: datetime) -> sa.ColumnElement[bool]:
+    """`AccessToken.status_at(moment) == status`, as SQL (keep the two in step)."""
+    live = AccessToken.revoked_at.is_(None)
+    activated = AccessToken.activated_at.is_not(None)
+    conditions = {
+        "revoked": AccessToken.revoked_at.is_not(None),
+        "ready": sa.and_(live, AccessToken.activated_at.is_(None)),
+        "expired": sa.and_(live, activated, AccessToken.expires_at.is_not(None), AccessToken.expires_at <= moment),
+        "active": sa.and_(live, activated, sa.or_(AccessToken.expires_at.is_(None), AccessToken.expires_at > moment)),
+    }
+    return conditions[status]
 
 
 def get_own_token(user: User, token_id: uuid.UUID, *, for_update: bool = False) -> AccessToken:
@@ -157,6 +177,7 @@ def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
     record("token.revoked", actor_id=user.id, resource_type="access_token", resource_id=token.id,
            details={"refund_amount": format_amount(refund)})
     proxy_sessions.end_for_token(token.id, "revoked")
+    metrics.count(metrics.token_revocations)
     db.session.commit()
     proxy_state.mark_revoked(token)  # the very next proxied request is refused
     balance = db.session.scalar(sa.select(User.balance).where(User.id == user.id))
@@ -166,3 +187,33 @@ def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
         "new_balance": balance,
         "message": f"Token revoked; {format_amount(refund)} ZNC refunded.",
     }
+
+
+def force_revoke(admin: User, token_id: uuid.UUID) -> AccessToken:
+    """A superuser's revoke: no refund (and so no clawback); the token stops working at once."""
+    moment = now()
+    token = db.session.scalar(sa.select(AccessToken).where(AccessToken.id == token_id).with_for_update()
+                              .execution_options(populate_existing=True))
+    if token is None:
+        raise TokenNotFound()
+    if token.revoked_at is not None:
+        raise TokenAlreadyRevoked()
+    status_before = token.status_at(moment)
+    # As in revoke_token: a concurrent second revoke loses here even without row locks (SQLite).
+    revoked = db.session.execute(
+        sa.update(AccessToken)
+        .where(AccessToken.id == token.id, AccessToken.revoked_at.is_(None))
+        .values(revoked_at=moment)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if revoked != 1:
+        db.session.rollback()
+        raise TokenAlreadyRevoked()
+    emit("token.revoked", token.user_id, token_id=str(token.id), refund_amount="0.00", by_admin=True)
+    record("admin.token_revoked", actor_id=admin.id, resource_type="access_token", resource_id=token.id,
+           details={"user_id": str(token.user_id), "status_before": status_before, "refund_amount": "0.00"})
+    proxy_sessions.end_for_token(token.id, "revoked")
+    metrics.count(metrics.token_revocations)
+    db.session.commit()
+    proxy_state.mark_revoked(token)  # the very next proxied request is refused
+    return token
