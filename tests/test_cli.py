@@ -54,3 +54,17 @@ def test_jobs_status(app):
     result = app.test_cli_runner().invoke(args=["jobs", "status"])
     assert result.exit_code == 0, result.output
     assert "default" in result.output and "workers=" in result.output
+
+
+def test_set_plan_grants_without_charging(app, client, accounts):
+    user = accounts.signed_in()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["users", "set-plan", user["email"], "premium", "--days", "7"])
+    assert result.exit_code == 0, result.output
+    me = client.get("/api/v1/users/me", headers=user["headers"]).get_json()
+    assert me["plan"] == "premium" and me["plan_expires_at"] and me["balance"] == "0.00"
+    back = runner.invoke(args=["users", "set-plan", user["email"], "free"])
+    assert back.exit_code == 0 and "no expiry" in back.output
+    assert client.get("/api/v1/users/me", headers=user["headers"]).get_json()["plan_expires_at"] is None
+    assert runner.invoke(args=["users", "set-plan", user["email"], "platinum"]).exit_code != 0
+    assert runner.invoke(args=["users", "set-plan", "nobody@example.com", "free"]).exit_code != 0

@@ -140,3 +140,18 @@ def expire_plans(moment: datetime | None = None) -> int:
     for user_id in expired:
         proxy_state.forget_user(user_id)
     return len(expired)
+
+
+def grant_plan(user: User, plan: str, expires_at: datetime | None) -> User:
+    """An operator's grant (`flask users set-plan`): no charge; `free` never expires."""
+    from ..proxy import state
+
+    if plan not in PLANS:
+        raise ValidationFailed({"plan": [f"Must be one of: {', '.join(PLANS)}."]})
+    user.plan = plan
+    user.plan_expires_at = None if plan == FREE else expires_at
+    record("plan.granted", resource_type="user", resource_id=user.id,
+           details={"plan": plan, "plan_expires_at": _iso(user.plan_expires_at)})
+    db.session.commit()
+    state.forget_user(user.id)  # the proxy's per-token limit follows the plan
+    return user
