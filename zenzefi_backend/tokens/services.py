@@ -151,15 +151,9 @@ def refund_for(token: AccessToken, moment: datetime) -> Decimal:
     return min(token.paid_znc, round_down(token.paid_znc * fraction))
 
 
-def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
-    moment = now()
-    token = get_own_token(user, token_id, for_update=True)
-    if token.revoked_at is not None:
-        raise TokenNotFound()
-    if token.status_at(moment) == "expired":
-        raise TokenExpired()
-    refund = refund_for(token, moment)
-    # The conditional update makes a concurrent second revoke lose even where row locks don't exist (SQLite).
+def _claim_revocation(token: AccessToken, moment: datetime) -> bool:
+    """Mark the token revoked unless someone else just did: a concurrent second revoke loses here even
+    where row locks don't exist (SQLite). Rolls back when it lost."""
     revoked = db.session.execute(
         sa.update(AccessToken)
         .where(AccessToken.id == token.id, AccessToken.revoked_at.is_(None))
@@ -168,6 +162,18 @@ def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
     ).rowcount
     if revoked != 1:
         db.session.rollback()
+    return revoked == 1
+
+
+def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
+    moment = now()
+    token = get_own_token(user, token_id, for_update=True)
+    if token.revoked_at is not None:
+        raise TokenNotFound()
+    if token.status_at(moment) == "expired":
+        raise TokenExpired()
+    refund = refund_for(token, moment)
+    if not _claim_revocation(token, moment):
         raise TokenNotFound()
     if refund > 0:
         ledger.apply(user.id, refund, "refund", f"Refund for revoked token {token.token_hint}",
@@ -199,15 +205,7 @@ def force_revoke(admin: User, token_id: uuid.UUID) -> AccessToken:
     if token.revoked_at is not None:
         raise TokenAlreadyRevoked()
     status_before = token.status_at(moment)
-    # As in revoke_token: a concurrent second revoke loses here even without row locks (SQLite).
-    revoked = db.session.execute(
-        sa.update(AccessToken)
-        .where(AccessToken.id == token.id, AccessToken.revoked_at.is_(None))
-        .values(revoked_at=moment)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if revoked != 1:
-        db.session.rollback()
+    if not _claim_revocation(token, moment):
         raise TokenAlreadyRevoked()
     emit("token.revoked", token.user_id, token_id=str(token.id), refund_amount="0.00", by_admin=True)
     record("admin.token_revoked", actor_id=admin.id, resource_type="access_token", resource_id=token.id,
