@@ -57,8 +57,9 @@ def serve(args: list[str]) -> int:
     print(f"\nZenzefi backend listening on http://{host}:{port}  (API docs: http://{host}:{port}/docs)\n",
           flush=True)
     os.chdir(ROOT)
-    os.execv(str(BIN / "flask"), [str(BIN / "flask"), "--app", "wsgi", "run", "--host", host, "--port", port,
-                                  "--no-reload", *args])
+    env["INLINE_SCHEDULER"] = "true"  # no RQ worker in the embedded default: the periodic jobs run in-process
+    os.execve(str(BIN / "flask"), [str(BIN / "flask"), "--app", "wsgi", "run", "--host", host, "--port", port,
+                                   "--no-reload", *args], env)
     return 0
 
 

@@ -19,6 +19,7 @@ from flask_migrate import upgrade
 from tests.support import Backends, make_backends
 
 BACKENDS: Backends = make_backends()
+pytest_plugins = ["tests.notifications.mailbox"]  # `mailbox`, `mailbox_files`, `smtp` for every test
 
 
 def pytest_report_header(config):

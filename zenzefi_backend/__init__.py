@@ -52,6 +52,7 @@ def register_blueprints(app: Flask) -> None:
     from .bundles.routes import blp as bundles_blp
     from .health.routes import blp as health_blp
     from .ledger.routes import blp as currency_blp
+    from .notifications.routes import blp as webhooks_blp
     from .payments.routes import blp as payments_blp
     from .payments.routes import mock_blp as mock_provider_blp
     from .payments.routes import webhook_blp as payment_webhook_blp
@@ -59,9 +60,11 @@ def register_blueprints(app: Flask) -> None:
     from .proxy.routes import blp as proxy_blp
     from .referrals.routes import blp as referrals_blp
     from .tokens.routes import blp as tokens_blp
+    from .tokens.routes import renewal_blp as auto_renewal_blp
 
     for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, proxy_blp, currency_blp, payments_blp,
-                      payment_webhook_blp, mock_provider_blp, admin_blp, bundles_blp, referrals_blp, plans_blp):
+                      payment_webhook_blp, mock_provider_blp, admin_blp, bundles_blp, referrals_blp, plans_blp,
+                      webhooks_blp, auto_renewal_blp):
         api.register_blueprint(blueprint)
 
 
@@ -100,4 +103,8 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     from .cli import register_commands
 
     register_commands(app)
+    if app.config["EMBEDDED"] and app.config["INLINE_SCHEDULER"]:
+        from .jobs.inline import start_inline_scheduler
+
+        start_inline_scheduler(app)
     return app

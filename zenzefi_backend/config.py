@@ -99,11 +99,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WEBHOOK_ALLOW_PRIVATE_TARGETS", as_bool, None, "Allow webhooks to private addresses (dev/tests)."),
     Setting("SESSION_IDLE_SECONDS", int, 300, "Idle seconds before a device releases a token."),
     Setting("AUDIT_RETENTION_DAYS", int, 30, "Days audit log rows are kept."),
+    Setting("DELIVERY_LOG_RETENTION_DAYS", int, 30,
+            "Days finished webhook deliveries, sent e-mails and relayed outbox events are kept."),
     Setting("PASSWORD_HASH_TIME_COST", int, 3, "Argon2id time cost."),
     Setting("PASSWORD_HASH_MEMORY_KIB", int, 65536, "Argon2id memory cost in KiB."),
     Setting("HEALTH_REFRESH_SECONDS", int, 50, "How often the cached health check is refreshed."),
     Setting("HEALTH_TTL_SECONDS", int, 120, "How long a cached health result is trusted."),
     Setting("LOG_LEVEL", str, "INFO", "Python logging level."),
+    Setting("INLINE_SCHEDULER", as_bool, False,
+            "Embedded default only: run the periodic jobs in a thread of the web process (`dev.py serve` sets it)."),
 )
 
 

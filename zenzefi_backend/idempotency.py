@@ -11,7 +11,6 @@ same body), so they are encrypted at rest with a key derived from SECRET_KEY.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import uuid
@@ -20,8 +19,7 @@ from datetime import datetime, timedelta
 from functools import wraps
 
 import sqlalchemy as sa
-from cryptography.fernet import Fernet, InvalidToken
-from flask import Response, current_app, make_response, request
+from flask import Response, make_response, request
 from flask_jwt_extended import current_user
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -29,6 +27,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .clock import now
 from .database import UTCDateTime, UUIDPrimaryKey, db
 from .errors import BadRequest, Conflict, ZenzefiError, error_response
+from .sealing import Unreadable, seal, unseal
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -61,19 +60,17 @@ class StoredResponseUnreadable(Conflict):
     message = "The first response to this Idempotency-Key can no longer be read (the server key changed)."
 
 
-def _cipher() -> Fernet:
-    key = hashlib.sha256(b"zenzefi idempotent responses\0" + current_app.config["SECRET_KEY"].encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(key))
+SEAL_PURPOSE = "idempotent responses"
 
 
 def _seal(body: bytes) -> str:
-    return _cipher().encrypt(body).decode()
+    return seal(SEAL_PURPOSE, body)
 
 
 def _open(sealed: str) -> bytes:
     try:
-        return _cipher().decrypt(sealed.encode())
-    except InvalidToken:
+        return unseal(SEAL_PURPOSE, sealed)
+    except Unreadable:
         raise StoredResponseUnreadable() from None
 
 

@@ -125,9 +125,10 @@ def test_retention_follows_audit_retention_days(app, accounts, monkeypatch):
 
 
 def test_purge_works_in_batches(app, accounts, monkeypatch):
+    from zenzefi_backend import database
     from zenzefi_backend.audit import services
 
-    monkeypatch.setattr(services, "PURGE_BATCH", 2)
+    monkeypatch.setattr(database, "PURGE_BATCH", 2)
     with clock.travel(timedelta(days=-40)):
         for _ in range(3):
             accounts.register()

@@ -29,12 +29,12 @@ def test_of_ten_simultaneous_force_revokes_exactly_one_succeeds(app, client, acc
 
 @postgres_only
 def test_two_retention_runs_at_once_purge_every_old_row_exactly_once(app, monkeypatch):
-    from zenzefi_backend.audit import services
+    from zenzefi_backend import database
     from zenzefi_backend.audit.models import AuditLog
     from zenzefi_backend.extensions import db
     from zenzefi_backend.jobs.audit import audit_retention
 
-    monkeypatch.setattr(services, "PURGE_BATCH", 25)
+    monkeypatch.setattr(database, "PURGE_BATCH", 25)
     with app.app_context():
         old = clock.now() - timedelta(days=40)
         db.session.execute(sa.insert(AuditLog), [{"action": "test.old", "details": {}, "created_at": old}] * 600)

@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -435,12 +436,12 @@ class Gunicorn(_Process):
         return pids
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                timeout: float = 5.0) -> Response:
+                timeout: float = 5.0, body: bytes | None = None) -> Response:
         """One request on a fresh connection, so the kernel may hand it to either worker."""
         connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
         started = time.perf_counter()
         try:
-            connection.request(method, path, headers={"Connection": "close", **(headers or {})})
+            connection.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
             answer = connection.getresponse()
             body = answer.read()
         finally:
@@ -449,6 +450,23 @@ class Gunicorn(_Process):
 
     def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> Response:
         return self.request("GET", path, headers=headers, timeout=timeout)
+
+    def call(self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None) -> Response:
+        """An API call with an optional JSON body."""
+        data = None if body is None else json.dumps(body).encode()
+        sent = {**({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})}
+        return self.request(method, path, headers=sent, timeout=10.0, body=data)
+
+    def sign_up(self) -> dict[str, Any]:
+        """Register and log in over HTTP; the user's id, e-mail and bearer headers."""
+        suffix = uuid.uuid4().hex[:10]
+        body = {"email": f"e2e{suffix}@example.com", "username": f"e2e_{suffix}", "password": "correct horse 1"}
+        registered = self.call("POST", "/api/v1/auth/register", body)
+        assert registered.status == 201, self.describe(repr(registered))
+        login = self.call("POST", "/api/v1/auth/login", {"email": body["email"], "password": body["password"]})
+        assert login.status == 200, self.describe(repr(login))
+        return {"id": registered.json()["id"], "email": body["email"],
+                "headers": {"Authorization": f"Bearer {login.json()['access_token']}"}}
 
     def describe(self, what: str) -> str:
         return f"{what}\n{self.logs()}"

@@ -7,15 +7,12 @@ with a moved clock: tests/plans/test_rate_limits.py.)
 """
 from __future__ import annotations
 
-import http.client
-import json
-import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
-from tests.e2e.harness import LOOPBACK, Gunicorn, Response, real_services
+from tests.e2e.harness import Gunicorn, real_services
 
 pytestmark = [pytest.mark.e2e, real_services]
 
@@ -23,35 +20,6 @@ LIMIT = 30
 ME = "/api/v1/users/me"
 PLANS = "/api/v1/plans"
 MAX_EXTRA = 40
-
-
-def call(server: Gunicorn, method: str, path: str, body: object = None,
-         headers: dict[str, str] | None = None) -> Response:
-    """One request on a fresh connection (so either worker may take it), with an optional JSON body."""
-    data = None if body is None else json.dumps(body).encode()
-    sent = {"Connection": "close", **({"Content-Type": "application/json"} if data is not None else {}),
-            **(headers or {})}
-    connection = http.client.HTTPConnection(LOOPBACK, server.port, timeout=10)
-    started = time.perf_counter()
-    try:
-        connection.request(method, path, body=data, headers=sent)
-        answer = connection.getresponse()
-        content = answer.read()
-    finally:
-        connection.close()
-    return Response(answer.status, dict(answer.getheaders()), content, time.perf_counter() - started)
-
-
-def sign_up(server: Gunicorn) -> dict:
-    """Register and log in over HTTP; the user's id, e-mail and bearer headers."""
-    suffix = uuid.uuid4().hex[:10]
-    body = {"email": f"e2e{suffix}@example.com", "username": f"e2e_{suffix}", "password": "correct horse 1"}
-    registered = call(server, "POST", "/api/v1/auth/register", body)
-    assert registered.status == 201, server.describe(repr(registered))
-    login = call(server, "POST", "/api/v1/auth/login", {"email": body["email"], "password": body["password"]})
-    assert login.status == 200, server.describe(repr(login))
-    return {"id": registered.json()["id"], "email": body["email"],
-            "headers": {"Authorization": f"Bearer {login.json()['access_token']}"}}
 
 
 def make_superuser(database_url: str, user_id: str) -> None:
@@ -69,7 +37,7 @@ def exhaust_and_overrun(server: Gunicorn, path: str, headers: dict[str, str] | N
     already = len(server.served("GET", path))
     remaining = []
     for _ in range(LIMIT):
-        response = call(server, "GET", path, headers=headers)
+        response = server.call("GET", path, headers=headers)
         assert response.status == 200, server.describe(repr(response))
         assert response.headers["X-RateLimit-Limit"] == str(LIMIT)
         remaining.append(int(response.headers["X-RateLimit-Remaining"]))
@@ -78,7 +46,7 @@ def exhaust_and_overrun(server: Gunicorn, path: str, headers: dict[str, str] | N
     assert len(allowed_by) == 2, server.describe(f"all {LIMIT} requests went to one worker: {allowed_by}")
 
     for _ in range(MAX_EXTRA):
-        response = call(server, "GET", path, headers=headers)
+        response = server.call("GET", path, headers=headers)
         assert response.status == 429, server.describe(repr(response))
         assert response.json()["code"] == 429 and 0 < int(response.headers["Retry-After"]) <= 60
         assert response.headers["X-RateLimit-Remaining"] == "0"
@@ -90,24 +58,24 @@ def exhaust_and_overrun(server: Gunicorn, path: str, headers: dict[str, str] | N
 
 def test_a_users_limit_is_one_counter_for_both_workers(services):
     with Gunicorn(services.database_url, services.redis_url, {"RATELIMIT_API_FREE": str(LIMIT)}) as server:
-        user = sign_up(server)
+        user = server.sign_up()
         exhaust_and_overrun(server, ME, user["headers"])
-        other = sign_up(server)  # another user has a budget of their own
-        assert call(server, "GET", ME, headers=other["headers"]).status == 200
+        other = server.sign_up()  # another user has a budget of their own
+        assert server.call("GET", ME, headers=other["headers"]).status == 200
 
 
 def test_the_anonymous_limit_per_ip_is_shared_and_a_superuser_is_never_limited(services):
     env = {"RATELIMIT_API_FREE": str(LIMIT), "TRUSTED_PROXY_HOPS": "1"}
     with Gunicorn(services.database_url, services.redis_url, env) as server:
-        admin = sign_up(server)
+        admin = server.sign_up()
         make_superuser(services.database_url, admin["id"])
-        login = call(server, "POST", "/api/v1/auth/login", {"email": admin["email"], "password": "correct horse 1"})
+        login = server.call("POST", "/api/v1/auth/login", {"email": admin["email"], "password": "correct horse 1"})
         headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
         # Anonymous requests count against the client's address (here as a trusted reverse proxy reports it).
         client = {"X-Forwarded-For": "203.0.113.9"}
         exhaust_and_overrun(server, PLANS, client)
-        assert call(server, "GET", PLANS, headers={"X-Forwarded-For": "203.0.113.10"}).status == 200
+        assert server.call("GET", PLANS, headers={"X-Forwarded-For": "203.0.113.10"}).status == 200
         for _ in range(LIMIT + 10):
-            response = call(server, "GET", ME, headers=headers)
+            response = server.call("GET", ME, headers=headers)
             assert response.status == 200, server.describe(repr(response))
             assert "X-RateLimit-Limit" not in response.headers

@@ -31,6 +31,8 @@ class User(UUIDPrimaryKey, Timestamps, db.Model):
     referred_by_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, sa.ForeignKey("users.id"), index=True)
     balance: Mapped[Decimal] = mapped_column(Money, nullable=False, default=Decimal("0.00"))
     email_notifications: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=True)
+    # When the last "balance below 10 ZNC" e-mail was queued (at most one per 24 h).
+    low_balance_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Bumped by a password change: every JWT carrying an older generation stops working.
     jwt_generation: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
 

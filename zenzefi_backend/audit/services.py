@@ -9,11 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from flask import has_request_context, request
 
-from ..database import db
+from ..database import db, purge_in_batches
 from ..pagination import paginate
 from .models import AuditLog
-
-PURGE_BATCH = 5000
 
 
 def record(
@@ -54,20 +52,5 @@ def audit_logs(*, actor_id: uuid.UUID | None = None, action: str | None = None, 
 
 
 def purge_audit_logs(older_than: datetime) -> int:
-    """Delete the rows created before `older_than`, in short batches (no long lock on a big table).
-
-    Safe on several workers at once: on PostgreSQL each batch skips rows another worker is deleting;
-    everywhere a row is deleted once, and a worker stops when it finds nothing left to delete."""
-    purged = 0
-    while True:
-        batch = (
-            sa.select(AuditLog.id).where(AuditLog.created_at < older_than).limit(PURGE_BATCH)
-            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders no lock clause
-        )
-        deleted = db.session.execute(
-            sa.delete(AuditLog).where(AuditLog.id.in_(batch)).execution_options(synchronize_session=False)
-        ).rowcount or 0
-        db.session.commit()
-        if deleted == 0:
-            return purged
-        purged += deleted
+    """Delete the rows created before `older_than` (see `purge_in_batches`)."""
+    return purge_in_batches(AuditLog, AuditLog.created_at < older_than)

@@ -22,9 +22,11 @@ from ..clock import now
 from .audit import audit_retention
 from .health import health_check
 from .maintenance import purge_expired_job
+from .notifications import delivery_log_retention, expiring_token_emails_job, relay_outbox_job
 from .payments import expire_pending_payments_job
 from .plans import expire_plans_job
 from .proxy import sweep_proxy_sessions
+from .renewal import auto_renewal_job
 from .tokens import expire_tokens_job
 
 log = logging.getLogger(__name__)
@@ -78,11 +80,15 @@ class Periodic:
 SCHEDULE: tuple[Periodic, ...] = (
     Periodic("health_check", health_check, every_seconds=50, timeout_seconds=30),
     Periodic("proxy_sessions", sweep_proxy_sessions, every_seconds=60),
-    Periodic("expire_payments", expire_pending_payments_job, every_seconds=300),
-    Periodic("expire_plans", expire_plans_job, every_seconds=3600),
-    Periodic("audit_retention", audit_retention, daily_at=clock_time(3, 0)),
+    Periodic("relay_outbox", relay_outbox_job, every_seconds=60),
     Periodic("expire_tokens", expire_tokens_job, every_seconds=300),
+    Periodic("expire_payments", expire_pending_payments_job, every_seconds=300),
+    Periodic("expiring_token_emails", expiring_token_emails_job, every_seconds=3600),
+    Periodic("auto_renewal", auto_renewal_job, every_seconds=3600),
+    Periodic("expire_plans", expire_plans_job, every_seconds=3600),
     Periodic("purge_expired", purge_expired_job, every_seconds=3600),
+    Periodic("audit_retention", audit_retention, daily_at=clock_time(3, 0)),
+    Periodic("delivery_log_retention", delivery_log_retention, daily_at=clock_time(3, 0)),
 )
 
 
@@ -94,9 +100,10 @@ def by_name(name: str) -> Periodic:
 
 
 class PeriodicScheduler:
-    def __init__(self, connection: Redis, schedule: tuple[Periodic, ...] = SCHEDULE):
+    def __init__(self, connection: Redis, schedule: tuple[Periodic, ...] = SCHEDULE, *, is_async: bool = True):
         self.connection = connection
         self.schedule = schedule
+        self.is_async = is_async  # False: each job runs right here, in the scheduler's thread (embedded default)
         self.identity = uuid.uuid4().hex
         self.stopped = threading.Event()
         self._renew = connection.register_script(_RENEW)
@@ -117,7 +124,7 @@ class PeriodicScheduler:
             key = SLOT_KEY.format(name=periodic.name, slot=slot)
             if not self.connection.set(key, self.identity, nx=True, ex=periodic.slot_ttl()):
                 continue
-            Queue(periodic.queue, connection=self.connection).enqueue(
+            Queue(periodic.queue, connection=self.connection, is_async=self.is_async).enqueue(
                 periodic.func,
                 job_id=f"periodic-{periodic.name}-{slot}",
                 job_timeout=periodic.timeout_seconds,

@@ -1,16 +1,66 @@
-"""Write business events to the outbox in the caller's DB transaction (the transactional outbox)."""
+"""Write business events to the outbox in the caller's DB transaction (the transactional outbox).
+
+The relay (every 60 s) delivers them; a commit that wrote events also nudges a relay run at once, so
+deliveries are prompt when Redis and the workers are up, and merely late (never lost) when they are not.
+"""
 from __future__ import annotations
 
+import logging
 import uuid
+from datetime import datetime
 from typing import Any
 
-from ..database import db
+from flask import current_app, has_app_context
+from redis.exceptions import RedisError
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
+
+from ..database import db, purge_in_batches
 from .models import EVENT_TYPES, OutboxEvent
+
+log = logging.getLogger(__name__)
+
+_EMITTED = "zenzefi_outbox_emitted"
+NUDGE_KEY = "zenzefi:outbox:nudge"
+NUDGE_DEBOUNCE_MS = 1000  # at most one extra relay run per second, however many commits wrote events
+RELAY_JOB = "zenzefi_backend.jobs.notifications.relay_outbox_job"  # by name: the worker imports it, not us
 
 
 def emit(event_type: str, user_id: uuid.UUID | None, **payload: Any) -> OutboxEvent:
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
-    event = OutboxEvent(event_type=event_type, user_id=user_id, payload=payload)
-    db.session.add(event)
-    return event
+    outbox_event = OutboxEvent(event_type=event_type, user_id=user_id, payload=payload)
+    db.session.add(outbox_event)
+    db.session.info[_EMITTED] = True
+    return outbox_event
+
+
+def nudge_relay() -> None:
+    """Ask a worker to relay now. Only where jobs run in workers: inline jobs cannot run inside a commit, and
+    the embedded default's scheduler thread relays every minute anyway."""
+    if not has_app_context() or current_app.config["EMBEDDED"]:
+        return
+    from ..extensions import get_queue, get_redis
+
+    try:
+        if get_redis().set(NUDGE_KEY, 1, nx=True, px=NUDGE_DEBOUNCE_MS):
+            get_queue("default").enqueue(RELAY_JOB, result_ttl=0)
+    except RedisError:
+        log.warning("cannot nudge the outbox relay; it runs every minute anyway")
+
+
+@event.listens_for(Session, "after_commit")
+def _nudge_after_commit(session: Session) -> None:
+    if session.info.pop(_EMITTED, False):
+        nudge_relay()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_rolled_back(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_EMITTED, None)
+
+
+def purge_dispatched_events(older_than: datetime) -> int:
+    """Forget relayed events created before `older_than`."""
+    return purge_in_batches(OutboxEvent, OutboxEvent.dispatched_at.is_not(None), OutboxEvent.created_at < older_than)

@@ -44,6 +44,9 @@ class AccessToken(UUIDPrimaryKey, db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Set once by the expiry sweep (event, session end, cache) — never by anything else.
     expiry_processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set once when the "expires within 24 h" e-mail was queued, and when auto-renewal bought a replacement.
+    expiry_reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def status_at(self, moment: datetime) -> str:
         if self.revoked_at is not None:
@@ -57,3 +60,15 @@ class AccessToken(UUIDPrimaryKey, db.Model):
     @property
     def status(self) -> str:
         return self.status_at(now())
+
+
+class AutoRenewal(db.Model):
+    """A user's auto-renewal choice (SPEC §3.9): one row per user who ever set it."""
+
+    __tablename__ = "auto_renewals"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("users.id"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False)
+    duration_hours: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=24)
+    scope: Mapped[str] = mapped_column(sa.String(32), nullable=False, default="full")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=now, onupdate=now)

@@ -63,3 +63,16 @@ class RevokeResultSchema(BaseSchema):
     refund_amount = MoneyField(required=True)
     new_balance = MoneyField(required=True)
     message = fields.String(required=True)
+
+
+class AutoRenewalSchema(BaseSchema):
+    enabled = fields.Boolean(required=True)
+    duration_hours = fields.Integer(required=True, strict=True, validate=validate.OneOf(DURATIONS),
+                                    metadata={"description": "Duration of each replacement token (a priced one)"})
+    scope = fields.String(required=True, validate=validate.OneOf(SCOPES),
+                          metadata={"description": "Scope of each replacement token"})
+
+
+class AutoRenewalStateSchema(AutoRenewalSchema):
+    cost_per_renewal = MoneyField(required=True, metadata={
+        "description": "Today's price of one replacement token; each renewal is charged the price of its day"})

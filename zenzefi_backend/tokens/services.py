@@ -85,21 +85,29 @@ def after_debit(user_id: uuid.UUID, entry) -> None:
 
 def purchase_token(user: User, duration_hours: int, scope: str = "full", *, source: str = "purchase") -> IssuedToken:
     """One DB transaction: lock the user, debit, insert the token and its ledger entry, write the events."""
-    price = price_for(duration_hours)
     ledger.lock_user(user.id)
-    issued = build_token(user.id, duration_hours, scope, price, source=source)
-    entry = ledger.apply(user.id, -price, "purchase", f"Access token {duration_hours} h ({scope})",
+    issued = buy_token(user.id, duration_hours, scope, source=source)
+    db.session.commit()
+    return issued
+
+
+def buy_token(user_id: uuid.UUID, duration_hours: int, scope: str, *, source: str = "purchase",
+              description: str | None = None) -> IssuedToken:
+    """The body of a purchase, in the caller's transaction: the caller holds the user's row lock
+    (`ledger.lock_user`) and commits. Raises `InsufficientBalance` (the caller rolls back) when short."""
+    price = price_for(duration_hours)
+    issued = build_token(user_id, duration_hours, scope, price, source=source)
+    entry = ledger.apply(user_id, -price, "purchase", description or f"Access token {duration_hours} h ({scope})",
                          reference_type="access_token", reference_id=issued.record.id)
     issued.record.purchase_transaction_id = entry.id
-    referrals.award_bonus_if_qualifying(user.id, entry)
-    emit("token.purchased", user.id, token_id=str(issued.record.id), duration_hours=duration_hours, scope=scope,
+    referrals.award_bonus_if_qualifying(user_id, entry)
+    emit("token.purchased", user_id, token_id=str(issued.record.id), duration_hours=duration_hours, scope=scope,
          paid_znc=format_amount(price), source=source)
-    after_debit(user.id, entry)
-    record("token.purchased", actor_id=user.id, resource_type="access_token", resource_id=issued.record.id,
+    after_debit(user_id, entry)
+    record("token.purchased", actor_id=user_id, resource_type="access_token", resource_id=issued.record.id,
            details={"duration_hours": duration_hours, "scope": scope, "paid_znc": format_amount(price)})
     metrics.count(metrics.token_purchases, duration_hours=str(duration_hours))
     metrics.count(metrics.znc_revenue, price)
-    db.session.commit()
     return issued
 
 

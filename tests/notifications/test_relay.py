@@ -1,0 +1,220 @@
+"""The outbox relay: every business event reaches its user's webhooks and e-mails once, and a Redis outage
+only delays it."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+import redis
+import sqlalchemy as sa
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from rq import Queue
+
+from tests.notifications.mailbox import send_queued_emails
+from tests.support import POSTGRES_ONLY_REASON
+from zenzefi_backend import clock
+from zenzefi_backend.extensions import db, get_redis, redis_connection
+from zenzefi_backend.jobs.notifications import delivery_log_retention, relay_outbox_job
+from zenzefi_backend.jobs.schedule import Periodic
+from zenzefi_backend.notifications.models import EmailMessage, OutboxEvent, WebhookDelivery
+from zenzefi_backend.notifications.outbox import NUDGE_KEY, emit
+from zenzefi_backend.notifications.relay import relay_events
+from zenzefi_backend.notifications.webhooks import deliver
+
+ENDPOINTS = "/api/v1/webhooks/endpoints"
+MOCK_PURCHASE = "/api/v1/currency/mock-purchase"
+
+
+@pytest.fixture
+def user(accounts):
+    return accounts.signed_in()
+
+
+def subscribe(client, user, events: list[str], url: str = "http://127.0.0.1:9/hook") -> dict:
+    response = client.post(ENDPOINTS, headers=user["headers"], json={"url": url, "events": events})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def buy(client, user, hours: int = 1) -> dict:
+    response = client.post("/api/v1/tokens/purchase", headers=user["headers"], json={"duration_hours": hours})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def rows(model, *where) -> list:
+    db.session.expire_all()
+    return list(db.session.scalars(sa.select(model).where(*where)))
+
+
+def emails(kind: str) -> list[EmailMessage]:
+    return rows(EmailMessage, EmailMessage.kind == kind)
+
+
+def test_an_event_becomes_one_delivery_per_subscribed_endpoint(app_ctx, client, accounts, user):
+    accounts.fund(user["id"], "5")
+    purchases = subscribe(client, user, ["token.purchased"])
+    subscribe(client, user, ["token.revoked"])
+    other = accounts.signed_in()
+    subscribe(client, other, ["token.purchased"])
+    token = buy(client, user)
+
+    relay_outbox_job()
+    relay_outbox_job()  # a second run finds nothing new
+
+    [delivery] = rows(WebhookDelivery, WebhookDelivery.event_type == "token.purchased")
+    [event] = rows(OutboxEvent, OutboxEvent.event_type == "token.purchased")
+    assert str(delivery.endpoint_id) == purchases["id"]
+    assert delivery.message_id == f"msg_{event.id.hex}"
+    assert delivery.payload["type"] == "token.purchased"
+    assert delivery.payload["data"]["token_id"] == token["id"]
+    assert event.dispatched_at is not None
+    assert rows(OutboxEvent, OutboxEvent.dispatched_at.is_(None)) == []
+
+
+def test_a_top_up_sends_a_receipt_even_to_a_user_who_opted_out(app_ctx, client, accounts, user, mailbox_files):
+    accounts.set_flags(user["id"], email_notifications=False)
+    response = client.post(MOCK_PURCHASE, headers=user["headers"], json={"amount": "25.50"})
+    assert response.status_code in (200, 201), response.get_json()
+    relay_outbox_job()
+    send_queued_emails()
+    [receipt] = emails("payment_receipt")
+    assert receipt.status == "sent"
+    [mail] = mailbox_files()
+    assert mail["To"] == user["email"]
+    assert "25.50 ZNC" in mail["Subject"]
+
+
+def test_low_balance_is_emailed_at_most_once_a_day(app_ctx, client, accounts, user):
+    def cross_below_ten() -> None:
+        accounts.fund(user["id"], "5")  # the balance is 9 before and 14 after: five 1-ZNC tokens take it to 9
+        for _ in range(5):
+            buy(client, user)
+        relay_outbox_job()
+
+    accounts.fund(user["id"], "11")
+    buy(client, user)  # 11 → 10: not below 10 yet
+    relay_outbox_job()
+    assert emails("balance_low") == []
+    buy(client, user)  # 10 → 9
+    relay_outbox_job()
+    assert len(emails("balance_low")) == 1
+    cross_below_ten()
+    assert len(emails("balance_low")) == 1
+    assert len(rows(OutboxEvent, OutboxEvent.event_type == "balance.low")) == 2
+    with clock.travel(timedelta(hours=24, minutes=1)):
+        cross_below_ten()
+    assert len(emails("balance_low")) == 2
+
+
+def test_low_balance_emails_respect_the_opt_out(app_ctx, client, accounts, user):
+    accounts.set_flags(user["id"], email_notifications=False)
+    accounts.fund(user["id"], "10")
+    buy(client, user)
+    relay_outbox_job()
+    assert emails("balance_low") == []
+
+
+def test_the_referrer_is_emailed_a_bonus(app_ctx, client, accounts):
+    referrer = accounts.signed_in()
+    referee = accounts.signed_in(referral_code=referrer["referral_code"])
+    accounts.fund(referee["id"], "300")
+    buy(client, referee, hours=720)
+    relay_outbox_job()
+    [bonus] = emails("referral_bonus")
+    assert bonus.to_address == referrer["email"]
+    assert str(bonus.user_id) == referrer["id"]
+
+
+def test_an_event_that_cannot_be_relayed_does_not_hold_up_the_others(app_ctx, client, accounts, user):
+    broken = emit("balance.low", uuid.UUID(user["id"]))  # no balance in the payload: the e-mail cannot render
+    db.session.commit()
+    accounts.fund(user["id"], "1")
+    buy(client, user)
+    assert relay_events() == 1
+    db.session.refresh(broken)
+    assert (broken.dispatched_at, broken.attempts) == (None, 1)
+    assert rows(OutboxEvent, OutboxEvent.dispatched_at.is_(None)) == [broken]
+
+
+def test_nothing_is_lost_while_redis_is_down(app, app_ctx, client, accounts, user, monkeypatch):
+    accounts.fund(user["id"], "5")
+    subscribe(client, user, ["token.purchased"])
+    response = client.post(MOCK_PURCHASE, headers=user["headers"], json={"amount": "3"})
+    assert response.status_code in (200, 201)
+    buy(client, user)
+    alive = get_redis()
+    # Nothing listens on port 9; no retries, so each refused call fails at once.
+    dead = redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    monkeypatch.setitem(app.extensions, redis_connection.extension_key, dead)
+
+    relay_outbox_job()  # the rows are written; handing them to the workers fails quietly
+
+    [receipt] = emails("payment_receipt")
+    [delivery] = rows(WebhookDelivery)
+    assert (receipt.status, receipt.attempts) == ("pending", 0)
+    assert (delivery.status, delivery.attempts) == ("pending", 0)
+
+    monkeypatch.setitem(app.extensions, redis_connection.extension_key, alive)
+    relay_outbox_job()
+    send_queued_emails()
+    assert emails("payment_receipt")[0].status == "sent"
+    deliver(delivery.id)  # what a "webhooks" worker does (inline in the embedded default, already done there)
+    assert rows(WebhookDelivery)[0].attempts == 1
+
+
+def test_retention_forgets_old_finished_rows_only(app_ctx, client, accounts, user):
+    accounts.fund(user["id"], "5")
+    buy(client, user)
+    relay_outbox_job()
+    send_queued_emails()
+    waiting = emit("balance.low", uuid.UUID(user["id"]), balance="1.00")
+    db.session.commit()
+    with clock.travel(timedelta(days=31)):
+        purged = delivery_log_retention()
+    assert purged["outbox_events"] >= 1
+    assert rows(OutboxEvent) == [waiting]
+
+
+def test_a_commit_with_events_nudges_one_relay_run(app, app_ctx, backends, client, accounts, user):
+    if app.config["EMBEDDED"]:
+        pytest.skip("the embedded default relays from its scheduler thread; there is no worker to nudge")
+    accounts.fund(user["id"], "5")
+    get_redis().delete(NUDGE_KEY)
+    default = Queue("default", connection=get_redis())
+    before = default.count
+    buy(client, user)
+    buy(client, user)  # within the debounce window: no second job
+    jobs = default.get_jobs()[before:]
+    assert [job.func_name for job in jobs] == ["zenzefi_backend.jobs.notifications.relay_outbox_job"]
+
+
+def test_the_relay_runs_inline_in_the_embedded_scheduler(app_ctx, client, accounts, user):
+    from zenzefi_backend.jobs.inline import InlineScheduler
+
+    accounts.fund(user["id"], "5")
+    buy(client, user)
+    scheduler = InlineScheduler(get_redis(), (Periodic("relay_outbox", relay_outbox_job, every_seconds=60),),
+                                is_async=False)
+    assert scheduler.tick() == ["relay_outbox"]
+    assert rows(OutboxEvent, OutboxEvent.dispatched_at.is_(None)) == []
+
+
+def test_relays_running_at_once_relay_each_event_once(app, backends, client, accounts):
+    if not backends.is_postgres:
+        pytest.skip(POSTGRES_ONLY_REASON)
+    from tests.jobs.helpers import race_in_app_contexts
+
+    users = [accounts.signed_in() for _ in range(3)]
+    for user in users:
+        subscribe(client, user, ["token.purchased", "balance.topped_up"])
+        for _ in range(4):
+            assert client.post(MOCK_PURCHASE, headers=user["headers"], json={"amount": "2"}).status_code in (200, 201)
+            buy(client, user)
+    results = race_in_app_contexts(app, relay_events, threads=4)
+    assert sum(results) == 3 * 4 * 2
+    with app.app_context():
+        assert len(rows(WebhookDelivery)) == 3 * 4 * 2
+        assert len(emails("payment_receipt")) == 3 * 4

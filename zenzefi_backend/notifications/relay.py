@@ -1,0 +1,136 @@
+"""The outbox relay (SPEC §4, every 60 s): turns business events into webhook deliveries and e-mails.
+
+Each event is relayed once: on PostgreSQL `FOR UPDATE SKIP LOCKED` hands it to one relay, and everywhere
+the deliveries and e-mails it causes are deduplicated by (endpoint, message id) and by the e-mail's dedupe
+key, in the same transaction that marks it dispatched. Then every due delivery and e-mail is (re-)enqueued,
+which is what makes a Redis or worker outage harmless: the rows wait in the database until a worker runs.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from ..accounts.models import User
+from ..clock import now
+from ..database import db
+from ..ledger.services import LOW_BALANCE_THRESHOLD
+from ..money import format_amount
+from . import webhooks
+from .email import due_emails, enqueue_email, queue_email
+from .models import OutboxEvent
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 200
+LOW_BALANCE_QUIET = timedelta(hours=24)
+
+
+def _claim_low_balance_notice(user_id: uuid.UUID, moment: datetime) -> bool:
+    """At most one low-balance e-mail per user per 24 h, whichever relay gets here first."""
+    return db.session.execute(
+        sa.update(User)
+        .where(User.id == user_id, sa.or_(User.low_balance_notified_at.is_(None),
+                                          User.low_balance_notified_at <= moment - LOW_BALANCE_QUIET))
+        .values(low_balance_notified_at=moment)
+        .returning(User.id)
+        .execution_options(synchronize_session=False)
+    ).first() is not None
+
+
+def _balance_low(event: OutboxEvent, user: User) -> tuple[str, dict] | None:
+    if not user.email_notifications or not _claim_low_balance_notice(user.id, now()):
+        return None
+    return "balance_low", {"balance": event.payload["balance"], "threshold": format_amount(LOW_BALANCE_THRESHOLD)}
+
+
+def _referral_bonus(event: OutboxEvent, user: User) -> tuple[str, dict] | None:
+    return "referral_bonus", {"referee_username": event.payload["referee_username"],
+                              "bonus_amount": event.payload["bonus_amount"]}
+
+
+def _payment_receipt(event: OutboxEvent, user: User) -> tuple[str, dict] | None:
+    payload = event.payload
+    paid = f"  Paid:      {payload['amount']} {payload['currency']}\n" if "currency" in payload else ""
+    return "payment_receipt", {
+        "amount_znc": payload["amount_znc"], "payment_lines": paid,
+        "reference": payload.get("payment_id") or payload.get("transaction_id") or str(event.id),
+        "paid_at": event.created_at.isoformat(), "balance_after": payload["balance"],
+    }
+
+
+# Which events e-mail their user. The rest reach users through their webhooks only.
+EMAILS: dict[str, Callable[[OutboxEvent, User], tuple[str, dict] | None]] = {
+    "balance.low": _balance_low,
+    "referral.bonus_awarded": _referral_bonus,
+    "balance.topped_up": _payment_receipt,
+}
+
+
+def _email_for(event: OutboxEvent) -> uuid.UUID | None:
+    rule = EMAILS.get(event.event_type)
+    user = db.session.get(User, event.user_id) if rule and event.user_id else None
+    if user is None or not user.is_active:
+        return None
+    email = rule(event, user)
+    if email is None:
+        return None
+    kind, context = email
+    message = queue_email(kind, user.email, {"username": user.username, **context}, user_id=user.id,
+                          dedupe_key=f"event:{event.id}", opted_in=user.email_notifications)
+    return None if message is None else message.id
+
+
+def _pending_events(skip: set[uuid.UUID]) -> sa.Select:
+    statement = (
+        sa.select(OutboxEvent).where(OutboxEvent.dispatched_at.is_(None))
+        .order_by(OutboxEvent.created_at).limit(BATCH_SIZE)
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders no lock clause
+    )
+    return statement.where(OutboxEvent.id.not_in(skip)) if skip else statement
+
+
+def relay_events() -> int:
+    """Fan every undispatched event out to webhook deliveries and e-mails; the number relayed.
+
+    An event that cannot be relayed (a bug, bad data) is logged, counted in `attempts` and left for the next
+    run, without holding up the others."""
+    relayed = 0
+    broken: set[uuid.UUID] = set()
+    while True:
+        events = db.session.scalars(_pending_events(broken)).all()
+        for event in events:
+            try:
+                with db.session.begin_nested():
+                    webhooks.fan_out(event)
+                    _email_for(event)
+                    event.dispatched_at = now()
+            except Exception:
+                log.exception("cannot relay an outbox event", extra={"event_id": str(event.id)})
+                broken.add(event.id)
+            event.attempts += 1
+        db.session.commit()
+        relayed += sum(1 for event in events if event.id not in broken)
+        if len(events) < BATCH_SIZE:
+            return relayed
+
+
+def enqueue_due(moment: datetime | None = None) -> dict[str, int]:
+    """Hand every due e-mail and delivery to the workers (again). Duplicates are harmless: each attempt is
+    claimed with a conditional UPDATE, so a second job for the same row finds nothing to do."""
+    moment = moment or now()
+    emails = due_emails(moment)
+    deliveries = webhooks.due_deliveries(moment)
+    db.session.rollback()  # no transaction held while enqueueing (inline jobs run right here)
+    for email_id in emails:
+        enqueue_email(email_id)
+    for delivery_id in deliveries:
+        webhooks.enqueue_delivery(delivery_id)
+    return {"emails": len(emails), "deliveries": len(deliveries)}
+
+
+def relay_outbox() -> dict[str, int]:
+    return {"events": relay_events(), **enqueue_due()}
