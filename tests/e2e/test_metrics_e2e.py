@@ -8,7 +8,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import Gunicorn, Upstream, real_services, wait_for
-from tests.e2e.test_rate_limits_e2e import call, sign_up
 
 pytestmark = [pytest.mark.e2e, real_services]
 
@@ -111,13 +110,13 @@ def until_both_workers(server: Gunicorn, method: str, path: str, action) -> int:
 def test_business_and_proxy_counters_sum_every_worker(services):
     with Upstream() as upstream, Gunicorn(services.database_url, services.redis_url,
                                           {"ZENZEFI_UPSTREAM_URL": upstream.url}) as server:
-        user = sign_up(server)
-        topped_up = call(server, "POST", "/api/v1/currency/mock-purchase", {"amount": "1000.00"}, user["headers"])
+        user = server.sign_up()
+        topped_up = server.call("POST", "/api/v1/currency/mock-purchase", {"amount": "1000.00"}, user["headers"])
         assert topped_up.status == 201, server.describe(repr(topped_up))
         tokens = []
 
         def buy() -> None:
-            response = call(server, "POST", PURCHASE, {"duration_hours": 1}, user["headers"])
+            response = server.call("POST", PURCHASE, {"duration_hours": 1}, user["headers"])
             assert response.status == 201, server.describe(repr(response))
             tokens.append(response.json()["token"])
 
@@ -125,7 +124,7 @@ def test_business_and_proxy_counters_sum_every_worker(services):
         device = {"X-Access-Token": tokens[0], "X-Device-ID": "e2e-metrics-device-01"}
 
         def proxy() -> None:
-            response = call(server, "GET", PROXIED, headers=device)
+            response = server.call("GET", PROXIED, headers=device)
             assert response.status == 200 and response.body == b"upstream ok", server.describe(repr(response))
 
         proxied = until_both_workers(server, "GET", PROXIED, proxy)
