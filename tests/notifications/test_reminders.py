@@ -72,6 +72,13 @@ def test_users_with_auto_renewal_get_the_renewal_email_instead(app, client, acco
         assert remind_expiring_tokens() == 0
 
 
+def test_gifted_tokens_are_not_reminded(app, client, accounts):
+    [token] = buy_tokens(client, accounts, 1)
+    set_token(app, token, expires_in=timedelta(hours=3), gifted_to_email="friend@example.com", gifted_at=now())
+    with app.app_context():
+        assert remind_expiring_tokens() == 0
+
+
 def test_deactivated_users_are_not_reminded(app, client, accounts):
     [token] = buy_tokens(client, accounts, 1)
     set_token(app, token, expires_in=timedelta(hours=3))

@@ -287,6 +287,25 @@ def test_only_due_tokens_of_opted_in_active_users_are_renewed(app, client, accou
     assert later["id"] in renewed
 
 
+def test_a_gifted_token_is_never_renewed(app, client, accounts):
+    user = renewing_user(client, accounts)
+    gifted = owned_token(app, client, user, expires_in=None)
+    response = client.post(f"/api/v1/tokens/{gifted['id']}/gift", headers=user["headers"],
+                           json={"recipient_email": "friend@example.com"})
+    assert response.status_code == 200, response.get_json()
+    kept = owned_token(app, client, user, expires_in=None)
+    with app.app_context():  # the recipient (and the giver, with the other token) started using them
+        db.session.execute(sa.update(AccessToken).where(AccessToken.id.in_([uuid.UUID(gifted["id"]),
+                                                                             uuid.UUID(kept["id"])]))
+                           .values(activated_at=now() + SOON - timedelta(hours=24), expires_at=now() + SOON))
+        db.session.commit()
+
+    assert run_job(app) == {**NOTHING, "renewed": 1}
+    renewed = {str(token.id) for token in tokens_of(app, user) if token.renewed_at is not None}
+    assert renewed == {kept["id"]} and len(replacements(app, user)) == 1
+    assert balance(client, user) == "46.00"  # 100 − 2 × 18 bought − 18 for the one renewal
+
+
 def test_the_replacement_follows_the_current_choice_and_the_purchase_rules(app, client, accounts):
     referrer = accounts.signed_in()
     user = accounts.signed_in(referral_code=referrer["referral_code"])

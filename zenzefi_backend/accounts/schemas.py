@@ -12,7 +12,7 @@ USERNAME = validate.And(
 PASSWORD = validate.Length(min=8, max=128)
 
 
-def _deliverable_syntax(value: str) -> None:
+def valid_email_syntax(value: str) -> None:
     try:
         validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -20,7 +20,7 @@ def _deliverable_syntax(value: str) -> None:
 
 
 class RegisterSchema(BaseSchema):
-    email = fields.String(required=True, validate=[validate.Length(max=255), _deliverable_syntax],
+    email = fields.String(required=True, validate=[validate.Length(max=255), valid_email_syntax],
                           metadata={"format": "email"})
     username = fields.String(required=True, validate=USERNAME)
     password = fields.String(required=True, load_only=True, validate=PASSWORD)

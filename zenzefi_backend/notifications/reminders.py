@@ -2,7 +2,8 @@
 
 Once per token: the e-mail is queued in the transaction that sets `expiry_reminded_at` with a conditional
 UPDATE (only one worker's succeeds), and its dedupe key is the token. Tokens of users with auto-renewal on
-get no reminder: the renewal e-mail tells them what happened instead.
+get no reminder: the renewal e-mail tells them what happened instead. Gifted tokens get none either: the
+giver no longer uses them, and we do not know the recipient as a user.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _candidates(moment: datetime) -> sa.Select:
         .join(User, User.id == AccessToken.user_id)
         .where(AccessToken.activated_at.is_not(None), AccessToken.revoked_at.is_(None),
                AccessToken.expires_at > moment, AccessToken.expires_at <= moment + REMIND_WITHIN,
-               AccessToken.expiry_reminded_at.is_(None), User.is_active.is_(True),
+               AccessToken.expiry_reminded_at.is_(None), AccessToken.gifted_at.is_(None), User.is_active.is_(True),
                AccessToken.user_id.not_in(renewing))
         .order_by(AccessToken.expires_at)
         .limit(BATCH_SIZE)

@@ -13,6 +13,7 @@ from ..database import Money, UTCDateTime, UUIDPrimaryKey, db
 SCOPES = ("full", "certificates_only")
 SOURCES = ("purchase", "bundle", "auto_renewal")
 EXPIRY_PENDING = "expires_at IS NOT NULL AND expiry_processed_at IS NULL AND revoked_at IS NULL"
+GIFTED = "gifted_at IS NOT NULL"
 
 
 class AccessToken(UUIDPrimaryKey, db.Model):
@@ -25,6 +26,9 @@ class AccessToken(UUIDPrimaryKey, db.Model):
         # What the expiry sweep looks for: activated, unrevoked tokens it has not processed yet (stays small).
         sa.Index("ix_access_tokens_expiry_pending", "expires_at",
                  postgresql_where=sa.text(EXPIRY_PENDING), sqlite_where=sa.text(EXPIRY_PENDING)),
+        # The daily gift limit counts a user's recent gifts (only gifted rows are indexed).
+        sa.Index("ix_access_tokens_user_id_gifted_at", "user_id", "gifted_at",
+                 postgresql_where=sa.text(GIFTED), sqlite_where=sa.text(GIFTED)),
     )
 
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("users.id"), nullable=False)
@@ -47,6 +51,9 @@ class AccessToken(UUIDPrimaryKey, db.Model):
     # Set once when the "expires within 24 h" e-mail was queued, and when auto-renewal bought a replacement.
     expiry_reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set once by a gift (SPEC §3.9): the secret was rotated and e-mailed there; the owner stays the giver.
+    gifted_to_email: Mapped[str | None] = mapped_column(sa.String(255))
+    gifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def status_at(self, moment: datetime) -> str:
         if self.revoked_at is not None:

@@ -1,6 +1,7 @@
 """Auto-renewal (SPEC §3.9): a user's choice, and the hourly job that buys replacement tokens.
 
-Which tokens: activated, not revoked, not renewed yet, with `now < expires_at <= now + 24 h` when the run
+Which tokens: activated, not revoked, not renewed yet, never gifted (the giver would pay for, and be mailed, a
+replacement of a token someone else uses), with `now < expires_at <= now + 24 h` when the run
 starts, of an active user whose auto-renewal is on. Each gets exactly ONE replacement, bought with the
 user's current choice (`duration_hours`, `scope`) at the current price, exactly as a purchase would
 (`tokens.services.buy_token`): PURCHASE ledger entry, `token.purchased`, referral bonus, `balance.low`,
@@ -90,7 +91,7 @@ def update_settings(user: User, enabled: bool, duration_hours: int, scope: str) 
 
 def _due(moment: datetime) -> tuple[sa.ColumnElement[bool], ...]:
     return (AccessToken.activated_at.is_not(None), AccessToken.revoked_at.is_(None),
-            AccessToken.renewed_at.is_(None), AccessToken.expires_at > moment,
+            AccessToken.renewed_at.is_(None), AccessToken.gifted_at.is_(None), AccessToken.expires_at > moment,
             AccessToken.expires_at <= moment + RENEW_WITHIN)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
+from ..accounts.schemas import valid_email_syntax
 from ..pagination import PageQuerySchema
 from ..schemas import BaseSchema, MoneyField
 from .models import SCOPES, SOURCES
@@ -23,6 +24,9 @@ class TokenSchema(BaseSchema):
     revoked_at = fields.DateTime(allow_none=True)
     source = fields.String(required=True, validate=validate.OneOf(SOURCES))
     bundle_id = fields.UUID(allow_none=True)
+    gifted_to_email = fields.String(allow_none=True, metadata={
+        "description": "Who the token was gifted to (null unless gifted); the new secret went only there"})
+    gifted_at = fields.DateTime(allow_none=True, metadata={"description": "When it was gifted (null unless gifted)"})
 
 
 class IssuedTokenSchema(TokenSchema):
@@ -33,6 +37,18 @@ class IssuedTokenSchema(TokenSchema):
 class PurchaseSchema(BaseSchema):
     duration_hours = fields.Integer(required=True, strict=True, validate=validate.OneOf(DURATIONS))
     scope = fields.String(load_default="full", validate=validate.OneOf(SCOPES))
+
+
+class GiftSchema(BaseSchema):
+    recipient_email = fields.String(required=True, validate=[validate.Length(max=255), valid_email_syntax],
+                                    metadata={"format": "email",
+                                              "description": "Checked like a registration e-mail; stored lower-cased"})
+
+
+class GiftResultSchema(BaseSchema):
+    token_id = fields.UUID(required=True)
+    recipient_email = fields.String(required=True, metadata={"description": "Lower-cased"})
+    gifted_at = fields.DateTime(required=True)
 
 
 class MyTokensQuerySchema(PageQuerySchema):

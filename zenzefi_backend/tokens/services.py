@@ -42,6 +42,10 @@ class TokenAlreadyRevoked(Conflict):
     message = "The token is already revoked."
 
 
+class TokenGifted(Conflict):
+    message = "The token was given away as a gift; it can no longer be revoked for a refund."
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -180,6 +184,8 @@ def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
         raise TokenNotFound()
     if token.status_at(moment) == "expired":
         raise TokenExpired()
+    if token.gifted_at is not None:
+        raise TokenGifted()
     refund = refund_for(token, moment)
     if not _claim_revocation(token, moment):
         raise TokenNotFound()
