@@ -139,3 +139,12 @@ class SmtpSink:
 
     def __exit__(self, *exc_info: Any) -> None:
         self._controller.stop()
+
+
+def dead_redis():
+    """A Redis client for a port nobody listens on, without retries: every call fails at once (an outage)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))

@@ -11,18 +11,11 @@ import redis
 from rq import Queue
 
 from tests.e2e.harness import Gunicorn, Worker, real_services, wait_for
-from tests.notifications.conftest import Receiver, verify_signature
+from tests.notifications.conftest import verify_signature
 
 pytestmark = pytest.mark.e2e
 
 ENDPOINTS = "/api/v1/webhooks/endpoints"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    found = Receiver().start()
-    yield found
-    found.stop()
 
 
 @pytest.fixture

@@ -47,3 +47,15 @@ def send_queued_emails() -> int:
     for email_id in due:
         send_email(email_id)
     return len(due)
+
+
+@pytest.fixture
+def smtp_down(app, monkeypatch) -> None:
+    """The app sends to an SMTP port nobody listens on (connection refused), for the duration of the test."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # nothing listens once the probe is closed
+    monkeypatch.setitem(app.config, "SMTP_HOST", "127.0.0.1")
+    monkeypatch.setitem(app.config, "SMTP_PORT", closed_port)

@@ -1,7 +1,6 @@
 """E-mail: queued in the caller's transaction, sealed at rest, sent once over SMTP (or as `.eml`), retried."""
 from __future__ import annotations
 
-import socket
 import uuid
 from datetime import timedelta
 
@@ -22,12 +21,6 @@ from zenzefi_backend.notifications.models import EmailMessage
 RECEIPT = {"username": "ada", "amount_znc": "50.00", "payment_lines": "", "reference": "ref-1",
            "paid_at": "2026-11-22T10:00:00+00:00", "balance_after": "60.00"}
 GIFT = {"sender_username": "ada", "scope": "full", "duration_hours": 24, "token": "SECRET-TOKEN-abc123"}
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # nothing listens once the probe is closed
 
 
 def queue(kind: str = "payment_receipt", context: dict | None = None, **options) -> uuid.UUID:
@@ -94,9 +87,7 @@ def test_an_email_goes_out_over_smtp(app_ctx, smtp):
     assert mail["Message-ID"]
 
 
-def test_smtp_down_retries_with_backoff_then_gives_up(app, app_ctx, monkeypatch):
-    monkeypatch.setitem(app.config, "SMTP_HOST", "127.0.0.1")
-    monkeypatch.setitem(app.config, "SMTP_PORT", closed_port())
+def test_smtp_down_retries_with_backoff_then_gives_up(app_ctx, smtp_down):
     email_id = queue()
     elapsed = timedelta(0)
     for attempt, delay in enumerate(RETRY_DELAYS, start=1):
@@ -114,9 +105,7 @@ def test_smtp_down_retries_with_backoff_then_gives_up(app, app_ctx, monkeypatch)
     assert (row.status, row.attempts, row.body_sealed) == ("failed", len(RETRY_DELAYS) + 1, None)
 
 
-def test_the_retry_is_sent_once_smtp_is_back(app, app_ctx, monkeypatch):
-    monkeypatch.setitem(app.config, "SMTP_HOST", "127.0.0.1")
-    monkeypatch.setitem(app.config, "SMTP_PORT", closed_port())
+def test_the_retry_is_sent_once_smtp_is_back(app, app_ctx, smtp_down, monkeypatch):
     email_id = queue()
     send_email(email_id)
     with SmtpSink() as sink, clock.travel(RETRY_DELAYS[0]):

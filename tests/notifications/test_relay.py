@@ -6,14 +6,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
-import redis
 import sqlalchemy as sa
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from rq import Queue
 
 from tests.notifications.mailbox import send_queued_emails
-from tests.support import POSTGRES_ONLY_REASON
+from tests.support import POSTGRES_ONLY_REASON, dead_redis
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db, get_redis, redis_connection
 from zenzefi_backend.jobs.notifications import delivery_log_retention, relay_outbox_job
@@ -146,9 +143,7 @@ def test_nothing_is_lost_while_redis_is_down(app, app_ctx, client, accounts, use
     assert response.status_code in (200, 201)
     buy(client, user)
     alive = get_redis()
-    # Nothing listens on port 9; no retries, so each refused call fails at once.
-    dead = redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    monkeypatch.setitem(app.extensions, redis_connection.extension_key, dead)
+    monkeypatch.setitem(app.extensions, redis_connection.extension_key, dead_redis())
 
     relay_outbox_job()  # the rows are written; handing them to the workers fails quietly
 

@@ -10,13 +10,12 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-import redis
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 from rq import Queue, SimpleWorker
 
 from tests.admin.helpers import audit_rows
-from tests.support import POSTGRES_ONLY_REASON
+from tests.support import POSTGRES_ONLY_REASON, dead_redis
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db, get_redis, redis_connection
 from zenzefi_backend.notifications import webhooks
@@ -449,8 +448,7 @@ def test_enqueueing_runs_the_attempt_inline_in_the_embedded_default(app, app_ctx
 def test_a_redis_outage_leaves_the_delivery_pending_for_the_relay(app, app_ctx, client, user, receiver, monkeypatch):
     register(client, user, receiver.url())
     (delivery_id,) = publish(user)
-    dead = redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2)  # nothing listens on port 9
-    monkeypatch.setitem(app.extensions, redis_connection.extension_key, dead)
+    monkeypatch.setitem(app.extensions, redis_connection.extension_key, dead_redis())
     webhooks.enqueue_delivery(delivery_id)  # logged, not raised
     assert receiver.requests == []
     assert delivery(delivery_id).status == "pending"

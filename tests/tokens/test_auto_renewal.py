@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import socket
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -230,12 +229,7 @@ def test_a_token_expiring_within_a_day_is_renewed_once(app, client, accounts, ma
     assert sent.status == "sent" and sent.body_sealed is None  # the secret is not kept once sent
 
 
-def test_while_it_cannot_be_sent_the_secret_waits_sealed_in_the_database(app, client, accounts, monkeypatch):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]  # nothing listens once the probe is closed
-    monkeypatch.setitem(app.config, "SMTP_HOST", "127.0.0.1")
-    monkeypatch.setitem(app.config, "SMTP_PORT", closed_port)
+def test_while_it_cannot_be_sent_the_secret_waits_sealed_in_the_database(app, client, accounts, smtp_down):
     user = renewing_user(client, accounts)
     owned_token(app, client, user)
     run_job(app)
