@@ -312,6 +312,8 @@ class Cell:
     non_2xx: int = 0
     socket_errors: int = 0
     timeouts: int = 0
+    requests: int = 0
+    cpu_us: float = float("nan")  # CPU of the server's gunicorn workers per request (not measured for (a))
 
     @property
     def errors(self) -> int:
@@ -346,6 +348,7 @@ class Wrk:
             raise RuntimeError(f"no result from wrk:\n{done.stdout[-2000:]}")
         result = json.loads(line.split(" ", 1)[1])
         cell.rps = result["requests"] / (result["duration_us"] / 1e6)
+        cell.requests = result["requests"]
         cell.p50_ms, cell.p90_ms, cell.p99_ms, cell.max_ms = (result[key] / 1000 for key in ("p50", "p90", "p99",
                                                                                              "max"))
         cell.non_2xx = result["status"]
@@ -408,21 +411,30 @@ class PythonLoad:
             return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000 if ordered else float("nan")
 
         cell.rps = len(ordered) / elapsed
+        cell.requests = len(ordered)
         cell.p50_ms, cell.p90_ms, cell.p99_ms = percentile(50), percentile(90), percentile(99)
         cell.max_ms = ordered[-1] * 1000 if ordered else float("nan")
         cell.non_2xx, cell.socket_errors, cell.timeouts = counts["non_2xx"], counts["socket"], counts["timeouts"]
 
 
 def measure(load, target: str, url: str, headers: dict[str, str], connection_counts: list[int], warmup: float,
-            seconds: float) -> list[Cell]:
+            seconds: float, master: int | None = None) -> list[Cell]:
+    """With `master` (a gunicorn master's pid), also the CPU its workers spent per request: unlike req/s, it
+    hardly moves when something else on the machine takes CPU time."""
     cells = []
     for connections in connection_counts:
         cell = Cell(target, connections)
         if warmup > 0:
             load.run(url, headers, connections, warmup, None)
+        workers = children(master) if master else []
+        spent = -sum(cpu_seconds(pid) for pid in workers)
         load.run(url, headers, connections, seconds, cell)
+        spent += sum(cpu_seconds(pid) for pid in workers)
+        if workers and cell.requests:
+            cell.cpu_us = spent / cell.requests * 1e6
         log(f"  {target:<22} {connections:>3} connections: {cell.rps:9.1f} req/s  p50 {cell.p50_ms:.2f} ms  "
-            f"p99 {cell.p99_ms:.2f} ms  errors {cell.errors}")
+            f"p99 {cell.p99_ms:.2f} ms  errors {cell.errors}"
+            + (f"  worker CPU {cell.cpu_us:.0f} us/request" if workers else ""))
         cells.append(cell)
     return cells
 
@@ -553,10 +565,11 @@ def verdict(ok: bool) -> str:
 
 
 def report(cells: list[Cell], fetched: Download | None, workers: list[int]) -> bool:
-    rows = [["target", "conns", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"]]
+    rows = [["target", "conns", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "CPU us/req", "errors"]]
     for cell in cells:
         rows.append([cell.target, str(cell.connections), f"{cell.rps:.1f}", f"{cell.p50_ms:.2f}",
                      f"{cell.p90_ms:.2f}", f"{cell.p99_ms:.2f}", f"{cell.max_ms:.1f}",
+                     "-" if cell.cpu_us != cell.cpu_us else f"{cell.cpu_us:.0f}",
                      f"{cell.errors}" + (f" ({cell.non_2xx} non-2xx, {cell.socket_errors} socket"
                                          f"{f', {cell.timeouts} timeouts' if cell.timeouts else ''})"
                                          if cell.errors else "")])
@@ -568,11 +581,16 @@ def report(cells: list[Cell], fetched: Download | None, workers: list[int]) -> b
         return next((c for c in cells if c.target.startswith(target) and c.connections == connections), None)
 
     checks: list[tuple[str, bool]] = []
+    notes: list[str] = []
     b16, c16 = find("(b)", 16), find("(c)", 16)
     if b16 and c16:
         share = c16.rps / b16.rps * 100 if b16.rps else 0.0
         checks.append((f"16 connections: (c) {c16.rps:.1f} req/s is {share:.1f} % of (b) {b16.rps:.1f} req/s "
                        f"(target >= 80 %)", share >= 80))
+        if b16.cpu_us == b16.cpu_us and c16.cpu_us == c16.cpu_us:
+            notes.append(f"16 connections: gunicorn worker CPU per request (c) {c16.cpu_us:.0f} us, (b) "
+                         f"{b16.cpu_us:.0f} us: (c) would reach {b16.cpu_us / c16.cpu_us * 100:.0f} % of (b)'s "
+                         f"req/s if the workers' CPU were all that limits them (Redis' CPU for (c) not included)")
     a1, c1 = find("(a)", 1), find("(c)", 1)
     if a1 and c1:
         added50, added99 = c1.p50_ms - a1.p50_ms, c1.p99_ms - a1.p99_ms
@@ -600,6 +618,8 @@ def report(cells: list[Cell], fetched: Download | None, workers: list[int]) -> b
     log("targets:")
     for text, ok in checks:
         log(f"  {verdict(ok)}  {text}")
+    for text in notes:
+        log(f"  info  {text}")
     return all(ok for _, ok in checks)
 
 
@@ -704,7 +724,7 @@ def run(args: argparse.Namespace, connection_counts: list[int], cleanup: context
                                        args.workers, args.threads, UPSTREAM_PATH)
     try:
         cells += measure(load, "(b) bare pass-through", f"http://127.0.0.1:{port}{UPSTREAM_PATH}", {},
-                         connection_counts, args.warmup, args.seconds)
+                         connection_counts, args.warmup, args.seconds, passthrough.pid)
     finally:
         passthrough.stop()
 
@@ -731,7 +751,7 @@ def run(args: argparse.Namespace, connection_counts: list[int], cleanup: context
         log(f"  (c): token bought and activated by its first request (device {DEVICE_ID}); proxy rate limit "
             f"raised to 10^9/min for the run")
         cells += measure(load, "(c) full proxy", f"http://127.0.0.1:{port}{PROXY_PREFIX}{UPSTREAM_PATH}", headers,
-                         connection_counts, args.warmup, args.seconds)
+                         connection_counts, args.warmup, args.seconds, proxy.pid)
         if not args.skip_download:
             workers = children(proxy.pid)
             log(f"  (c): 1 GiB download through the proxy, sampling the RSS of workers {workers} every "

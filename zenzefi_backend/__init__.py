@@ -76,6 +76,10 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(build_config(app.instance_path, config_overrides))
     _configure_logging(app.config["LOG_LEVEL"])
 
+    from .proxy.fastpath import ProxyFastPath
+
+    # Forwarded proxy requests skip Flask (proxy/fastpath.py); inside ProxyFix, which gives them the client's address.
+    app.wsgi_app = ProxyFastPath(app, app.wsgi_app)
     if app.config["TRUSTED_PROXY_HOPS"] > 0:
         hops = app.config["TRUSTED_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)

@@ -603,6 +603,32 @@ def test_several_set_cookie_headers_stay_several_and_no_jar_is_shared(stack, tok
         assert seen.values("Cookie") == [], seen.headers
 
 
+# --- the WSGI fast path -------------------------------------------------------------------------------------
+
+
+def test_forwarded_requests_bypass_flask_unless_they_carry_an_origin(stack, token):
+    """Under gunicorn, forwarded requests are counted by the proxy's own metrics but never reach Flask's route
+    (the HTTP exporter does not see them); a request with an `Origin` goes through Flask for its CORS headers."""
+
+    def figures() -> tuple[float, float]:
+        answer = call(stack.port, "GET", "/metrics")
+        assert answer.status == 200, answer
+        text = answer.body.decode()
+        return (counted(text, "proxy_requests_total", method="GET", status="200"),
+                counted(text, "flask_http_request_duration_seconds_count", endpoint="proxy.forward"))
+
+    assert proxied(stack.port, "GET", unique("fast"), token.secret).status == 200  # activation, caches
+    before = figures()
+    for _ in range(5):
+        assert proxied(stack.port, "GET", unique("fast"), token.secret).status == 200
+    origin = "http://localhost:61000"
+    answer = proxied(stack.port, "GET", unique("fast"), token.secret, headers=[("Origin", origin)])
+    assert answer.status == 200 and answer.header("Access-Control-Allow-Origin") == origin, answer
+    after = figures()
+    assert after[0] - before[0] == 6
+    assert after[1] - before[1] == 1, "only the request with an Origin may go through Flask's route"
+
+
 # --- failures of the upstream -------------------------------------------------------------------------------
 
 

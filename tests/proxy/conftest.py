@@ -398,6 +398,12 @@ class ProxyEnv:
         finally:
             sa.event.remove(engine, "before_cursor_execute", record)
 
+    def send_pending_bytes_out(self) -> None:
+        """What the next proxied request of this process, or the timer, does with finished responses' bytes."""
+        from zenzefi_backend.proxy.runtime import runtime_of
+
+        runtime_of(self.app).bytes_out.flush_now()
+
     def flush_counters(self) -> int:
         from zenzefi_backend.proxy.sessions import flush_counters
 
@@ -441,6 +447,7 @@ def make_env(app, backends, tmp_path, upstream, app_cache) -> Iterator[Callable[
     except those with their own REDIS_URL (relays live for one test only)."""
     from zenzefi_backend import create_app
     from zenzefi_backend.extensions import db, get_redis, limiter
+    from zenzefi_backend.proxy.runtime import runtime_of
 
     used: list[Flask] = []
     single_use: list[Flask] = []
@@ -461,6 +468,7 @@ def make_env(app, backends, tmp_path, upstream, app_cache) -> Iterator[Callable[
             else:
                 app_cache[key] = application
         used.append(application)
+        runtime_of(application).bytes_out.take()  # an earlier test's response bytes, for sessions gone with it
         with application.app_context():
             db.session.remove()
             get_redis().flushdb()
@@ -468,6 +476,7 @@ def make_env(app, backends, tmp_path, upstream, app_cache) -> Iterator[Callable[
 
     yield make
     for application in used:
+        runtime_of(application).bytes_out.take()
         with application.app_context():
             db.session.remove()
             with contextlib.suppress(Exception):
@@ -502,6 +511,24 @@ def assert_error(response, code: int, mentions: str | None = None) -> dict:
     if mentions is not None:
         assert mentions.lower() in body["message"].lower(), body
     return body
+
+
+@contextlib.contextmanager
+def flask_activity(env: ProxyEnv) -> Iterator[dict[str, int]]:
+    """How often Flask dispatched a request, and how often this app's context was pushed, inside the block:
+    a request served by the WSGI fast path with warm caches shows neither."""
+    from flask import appcontext_pushed, request_started
+
+    seen = {"requests": 0, "app_contexts": 0}
+
+    def on_request(_sender, **_extra) -> None:
+        seen["requests"] += 1
+
+    def on_app_context(_sender, **_extra) -> None:
+        seen["app_contexts"] += 1
+
+    with request_started.connected_to(on_request, env.app), appcontext_pushed.connected_to(on_app_context, env.app):
+        yield seen
 
 
 def use_database_only(monkeypatch) -> None:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.e2e.harness import TcpRelay
-from tests.proxy.conftest import DEVICE_A, DEVICE_B, ProxyEnv, Reply, assert_error, pattern
+from tests.proxy.conftest import DEVICE_A, DEVICE_B, ProxyEnv, Reply, assert_error, flask_activity, pattern
 from tests.support import REAL_SERVICES_REASON
 from zenzefi_backend.proxy import services, state
 
@@ -18,10 +18,11 @@ from zenzefi_backend.proxy import services, state
 
 def test_warm_proxied_requests_execute_no_sql(env, token):
     assert env.get("certificates/filter", token=token).status_code == 200  # warm-up: may read the database
-    with env.count_sql() as statements:
+    with env.count_sql() as statements, flask_activity(env) as flask:
         assert env.get("certificates/filter?page=2", token=token).status_code == 200
         assert env.get("certificates/details/42", token=token).status_code == 200
     assert statements == []
+    assert flask == {"requests": 0, "app_contexts": 0}  # served by the WSGI fast path, without any Flask context
 
 
 def test_warm_requests_with_bodies_and_big_answers_execute_no_sql(env, token, upstream):

@@ -1,15 +1,15 @@
 """Forwarding to the upstream: streamed both ways, bytes untouched, headers cleaned, redirects passed back."""
 from __future__ import annotations
 
-import http.cookiejar
 import threading
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
-import requests
+import urllib3
 from flask import Request, Response
-from requests.adapters import HTTPAdapter
-from urllib3.util import SKIP_HEADER
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, requote_uri
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
+from urllib3.util import SKIP_HEADER, Timeout, parse_url
 
 from ..errors import ZenzefiError
 
@@ -38,20 +38,6 @@ class UpstreamResponse(Response):
     default_mimetype = None
 
 
-class _SizedStream:
-    """The request body as a file with a known length, so requests sends Content-Length, not chunks."""
-
-    def __init__(self, stream, length: int):
-        self._stream = stream
-        self._length = length
-
-    def __len__(self) -> int:
-        return self._length
-
-    def read(self, size: int = -1) -> bytes:
-        return self._stream.read(size)
-
-
 def _stream_chunks(stream) -> Iterator[bytes]:
     while chunk := stream.read(CHUNK_BYTES):
         yield chunk
@@ -60,19 +46,17 @@ def _stream_chunks(stream) -> Iterator[bytes]:
 _local = threading.local()
 
 
-def upstream_session() -> requests.Session:
-    """One pooled session per thread: connections are reused, cookies are never kept between users."""
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = requests.Session()
-        session.trust_env = False
-        session.headers.clear()  # no User-Agent, Accept or Accept-Encoding the client did not send
-        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        _local.session = session
-    return session
+def upstream_pool() -> urllib3.PoolManager:
+    """One connection pool per thread: connections are reused; there is no cookie jar, so nothing one user's
+    answer set is ever sent for another. (urllib3 directly: `requests` on top of it cost more CPU per request
+    than everything else the proxy does.)"""
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        # HTTPS upstreams are verified against the same CA bundle `requests` used (certifi's).
+        pool = urllib3.PoolManager(num_pools=4, maxsize=4, retries=False, cert_reqs="CERT_REQUIRED",
+                                   ca_certs=DEFAULT_CA_BUNDLE_PATH)
+        _local.pool = pool
+    return pool
 
 
 def _connection_listed(headers) -> set[str]:
@@ -99,14 +83,24 @@ def outgoing_headers(request: Request, client_address: str | None) -> dict[str, 
     return headers
 
 
-def request_body(request: Request):
-    """Streamed: a sized file when the length is known, chunks when the client sent chunked."""
+def request_body(request: Request, headers: dict[str, str]) -> tuple[object | None, bool]:
+    """(body, chunked), streamed: the input as a file with its Content-Length when the length is known, chunks
+    when the client sent chunked; else no body (and `Content-Length: 0` for methods that carry one)."""
     length = request.content_length
     if length:
-        return _SizedStream(request.stream, length)
+        headers["Content-Length"] = str(length)
+        return request.stream, False
     if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-        return _stream_chunks(request.stream)
-    return None
+        return _stream_chunks(request.stream), True
+    if request.method not in ("GET", "HEAD"):
+        headers["Content-Length"] = "0"
+    return None, False
+
+
+def upstream_target(url: str) -> str:
+    """The URL normalised and re-quoted as before (the way `requests` prepares one): illegal characters
+    percent-encoded, escapes of unreserved characters decoded (`%41` → `A`), everything else untouched."""
+    return requote_uri(parse_url(url).url)
 
 
 def rewrite_location(location: str, upstream_base: str) -> str:
@@ -119,23 +113,27 @@ def rewrite_location(location: str, upstream_base: str) -> str:
 
 
 def send(request: Request, url: str, *, client_address: str | None, connect_timeout: float,
-         read_timeout: float) -> requests.Response:
+         read_timeout: float) -> urllib3.BaseHTTPResponse:
+    """The upstream's answer, its body not yet read. Never retried, never redirected."""
+    headers = outgoing_headers(request, client_address)
+    body, chunked = request_body(request, headers)
     try:
-        return upstream_session().request(
-            request.method, url, data=request_body(request), headers=outgoing_headers(request, client_address),
-            stream=True, allow_redirects=False, timeout=(connect_timeout, read_timeout),
+        return upstream_pool().urlopen(
+            request.method, upstream_target(url), body=body, headers=headers, chunked=chunked, redirect=False,
+            retries=False, preload_content=False, decode_content=False,
+            timeout=Timeout(connect=connect_timeout, read=read_timeout),
         )
-    except requests.exceptions.ConnectTimeout:
+    except NewConnectionError:  # refused (a subclass of ConnectTimeoutError, so first)
+        raise UpstreamUnreachable() from None
+    except (ConnectTimeoutError, ReadTimeoutError):
         raise UpstreamTimeout() from None
-    except requests.exceptions.ReadTimeout:
-        raise UpstreamTimeout() from None
-    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
+    except (HTTPError, OSError):  # reset, closed early, a broken answer
         raise UpstreamUnreachable() from None
 
 
-def relay(upstream: requests.Response, upstream_base: str, on_done: Callable[[int], None]) -> Response:
+def relay(upstream: urllib3.BaseHTTPResponse, upstream_base: str, on_done: Callable[[int], None]) -> Response:
     """The upstream's status, headers (duplicates kept) and raw bytes (Content-Encoding untouched)."""
-    raw_headers = upstream.raw.headers
+    raw_headers = upstream.headers
     dropped = HOP_BY_HOP | _connection_listed(raw_headers)
     headers = []
     for name, value in raw_headers.items():
@@ -152,18 +150,20 @@ def relay(upstream: requests.Response, upstream_base: str, on_done: Callable[[in
         nonlocal finished
         if not finished:
             finished = True
+            # Closes the connection if the body was not read to its end (urllib3 then already gave it back).
             upstream.close()
+            upstream.release_conn()
             on_done(sent)
 
     def body() -> Iterator[bytes]:
         nonlocal sent
         try:
-            for chunk in upstream.raw.stream(CHUNK_BYTES, decode_content=False):
+            for chunk in upstream.stream(CHUNK_BYTES, decode_content=False):
                 sent += len(chunk)
                 yield chunk
         finally:
             finish()
 
-    response = UpstreamResponse(body(), status=upstream.status_code, headers=headers, direct_passthrough=True)
+    response = UpstreamResponse(body(), status=upstream.status, headers=headers, direct_passthrough=True)
     response.call_on_close(finish)  # also when the server never iterates the body (HEAD, a client gone early)
     return response

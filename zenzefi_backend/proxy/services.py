@@ -21,7 +21,9 @@ from ..notifications.outbox import emit
 from ..tokens.models import AccessToken
 from . import sessions
 from .paths import NotCanonical, allowed_for_certificates_only, canonical
+from .runtime import ProxyRuntime
 from .state import (
+    BYTES_OUT_PER_ADMIT,
     TokenState,
     UserState,
     hash_secret,
@@ -32,6 +34,7 @@ from .state import (
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9._:-]{8,255}")
 ADMIT_ATTEMPTS = 4
+_VALIDATIONS = {result: token_validations.labels(result) for result in ("cache_hit", "cache_miss", "invalid")}
 
 
 class MissingDeviceId(Forbidden):
@@ -94,65 +97,92 @@ def _path_verdicts(subpath: str) -> tuple[bool, bool]:
 
 
 def _invalid() -> InvalidAccessToken:
-    token_validations.labels("invalid").inc()
+    _VALIDATIONS["invalid"].inc()
     return InvalidAccessToken()
 
 
-def admit(secret: str | None, device_id: str | None, subpath: str, *, ip_address: str | None,
-          user_agent: str | None, bytes_in: int) -> Admission:
-    """Every check of SPEC §3.6, in order; the device's session and the request count on success."""
+def admit(runtime: ProxyRuntime, secret: str | None, device_id: str | None, subpath: str, *,
+          ip_address: str | None, user_agent: str | None, bytes_in: int) -> Admission:
+    """Every check of SPEC §3.6, in order; the device's session and the request count on success.
+
+    A warm request needs no app context: one Redis round trip. The database is used (inside the app's
+    context) on a cache miss, to claim the device, and for everything while Redis is unreachable."""
     _check_headers(secret, device_id)
     path_ok, certificate_path = _path_verdicts(subpath)
     token_hash = hash_secret(secret)
     if redis_state.available():
         try:
-            return _admit_with_redis(token_hash, device_id, path_ok, certificate_path, ip_address, user_agent,
-                                     bytes_in)
+            return _admit_with_redis(runtime, token_hash, device_id, path_ok, certificate_path, ip_address,
+                                     user_agent, bytes_in)
         except RedisError:
             redis_state.failed()
-            db.session.rollback()
-    return _admit_with_database(token_hash, device_id, path_ok, certificate_path, ip_address, user_agent, bytes_in)
+            with runtime.app_context():
+                db.session.rollback()
+    with runtime.app_context():
+        return _admit_with_database(token_hash, device_id, path_ok, certificate_path, ip_address, user_agent,
+                                    bytes_in)
 
 
-def _admit_with_redis(token_hash: str, device_id: str, path_ok: bool, certificate_path: bool,
-                      ip_address: str | None, user_agent: str | None, bytes_in: int) -> Admission:
+def _run_admit_script(runtime: ProxyRuntime, token_hash: str, device_id: str, path_ok: bool,
+                      certificate_path: bool, bytes_in: int, carry_bytes_out: bool) -> list:
+    """The ADMIT round trip, carrying this process's pending bytes_out (given back if the call fails)."""
+    config = runtime.config
+    pending = runtime.bytes_out.take(BYTES_OUT_PER_ADMIT) if carry_bytes_out else []
+    try:
+        return redis_state.admit(runtime.redis, token_hash, device_id=device_id, path_ok=path_ok,
+                                 certificate_path=certificate_path, bytes_in=bytes_in, moment=now(),
+                                 idle_seconds=config["SESSION_IDLE_SECONDS"],
+                                 rate_limits_json=config["PROXY_RATE_LIMITS_JSON"], bytes_out=pending)
+    except RedisError:
+        runtime.bytes_out.give_back(pending)
+        raise
+
+
+def _admit_with_redis(runtime: ProxyRuntime, token_hash: str, device_id: str, path_ok: bool,
+                      certificate_path: bool, ip_address: str | None, user_agent: str | None,
+                      bytes_in: int) -> Admission:
     cache_result = "cache_hit"
-    for _ in range(ADMIT_ATTEMPTS):
-        reply = redis_state.admit(token_hash, device_id=device_id, path_ok=path_ok,
-                                  certificate_path=certificate_path, bytes_in=bytes_in, moment=now())
+    for attempt in range(ADMIT_ATTEMPTS):
+        reply = _run_admit_script(runtime, token_hash, device_id, path_ok, certificate_path, bytes_in,
+                                  carry_bytes_out=attempt == 0)
         verdict = reply[0]
+        if verdict == "ok":
+            _VALIDATIONS[cache_result].inc()
+            return Admission(TokenState.loads(reply[1]), UserState.loads(reply[2]), reply[3], via_redis=True)
         if verdict == "token_miss":
             cache_result = "cache_miss"
-            state = token_from_database(token_hash)
-            redis_state.remember_token(token_hash, state)
+            with runtime.app_context():
+                state = token_from_database(token_hash)
+                redis_state.remember_token(token_hash, state)
             if state is None:
                 raise _invalid()
             continue
         if verdict == "user_miss":
             cache_result = "cache_miss"
             owner = TokenState.loads(reply[1]).owner_id
-            user = user_from_database(owner)
+            with runtime.app_context():
+                user = user_from_database(owner)
+                if user is not None:
+                    redis_state.remember_user(str(owner), user)
             if user is None:
                 raise _invalid()
-            redis_state.remember_user(str(owner), user)
             continue
         if verdict == "invalid":
             raise _invalid()
-        token_validations.labels(cache_result).inc()
-        token, user = TokenState.loads(reply[1]), UserState.loads(reply[2])
+        _VALIDATIONS[cache_result].inc()
         if verdict == "bad_path":
             raise PathNotCanonical()
         if verdict == "scope":
             raise OutsideScope()
         if verdict == "busy":
-            raise sessions.DeviceInUse(int(reply[3]) / 1000)
+            raise sessions.DeviceInUse(int(reply[3]) / 1000, idle_seconds=runtime.config["SESSION_IDLE_SECONDS"])
         if verdict == "limited":
             raise ProxyRateLimited(int(reply[3]))
-        if verdict == "ok":
-            return Admission(token, user, reply[3], via_redis=True)
         # "claim": no device holds the token in Redis; the database decides (and remembers the session).
-        session_id = sessions.claim(token.token_id, token.owner_id, device_id, ip_address, user_agent)
-        redis_state.hold(token.id, device_id, session_id)
+        token = TokenState.loads(reply[1])
+        with runtime.app_context():
+            session_id = sessions.claim(token.token_id, token.owner_id, device_id, ip_address, user_agent)
+            redis_state.hold(token.id, device_id, session_id)
     raise RedisError("the admission did not settle")  # served from the database instead
 
 
@@ -183,7 +213,7 @@ def _admit_with_database(token_hash: str, device_id: str, path_ok: bool, certifi
     user = user_from_database(token.owner_id) if token else None
     if token is None or user is None or not user.active or not token.usable_at(now()):
         raise _invalid()
-    token_validations.labels("cache_miss").inc()
+    _VALIDATIONS["cache_miss"].inc()
     if not path_ok:
         raise PathNotCanonical()
     if token.scope == "certificates_only" and not certificate_path:
@@ -197,11 +227,16 @@ def _admit_with_database(token_hash: str, device_id: str, path_ok: bool, certifi
     return Admission(token, user, str(session_id), via_redis=False)
 
 
-def activate_if_first_use(admission: Admission) -> None:
+def activate_if_first_use(runtime: ProxyRuntime, admission: Admission) -> None:
     """The clock starts on the first request the upstream answered; concurrent first requests agree on one start."""
-    token = admission.token
-    if token.activated_at:
+    if admission.token.activated_at:
         return
+    with runtime.app_context():
+        _activate(admission)
+
+
+def _activate(admission: Admission) -> None:
+    token = admission.token
     moment = now()
     started = db.session.execute(
         sa.update(AccessToken)
@@ -222,14 +257,13 @@ def activate_if_first_use(admission: Admission) -> None:
             redis_state.failed()
 
 
-def record_bytes_out(admission: Admission, count: int) -> None:
+def record_bytes_out(runtime: ProxyRuntime, admission: Admission, count: int) -> None:
+    """Counted in Redis by a later round trip (see PendingBytesOut); without Redis, in the session row now."""
     if admission.via_redis:
-        try:
-            redis_state.add_bytes_out(admission.session_id, count)
-            return
-        except RedisError:
-            redis_state.failed()
-    sessions.add_bytes_out(uuid.UUID(admission.session_id), count)
+        runtime.bytes_out.add(admission.session_id, count)
+        return
+    with runtime.app_context():
+        sessions.add_bytes_out(uuid.UUID(admission.session_id), count)
 
 
 def status_of(secret: str | None) -> dict[str, Any]:

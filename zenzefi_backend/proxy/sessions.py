@@ -28,8 +28,8 @@ CLAIM_ATTEMPTS = 3
 class DeviceInUse(Conflict):
     message = "This token is in use on another device. Try again when that device has been idle."
 
-    def __init__(self, retry_after_seconds: float):
-        idle = current_app.config["SESSION_IDLE_SECONDS"]
+    def __init__(self, retry_after_seconds: float, *, idle_seconds: int | None = None):
+        idle = current_app.config["SESSION_IDLE_SECONDS"] if idle_seconds is None else idle_seconds
         seconds = min(idle, max(1, math.ceil(retry_after_seconds)))
         super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
 

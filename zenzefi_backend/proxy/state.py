@@ -3,20 +3,31 @@
 A warm proxied request costs one Redis round trip (the ADMIT script below) and no SQL. The database stays
 the source of truth: a cache miss reads it, a revoke or deactivation deletes the cached entry, and while
 Redis is unreachable every check is made against the database instead.
+
+Response bytes (`bytes_out`) are known only once a response has been sent, after that round trip. They are
+kept per process (`PendingBytesOut`) and written by the next ADMIT this process runs (for any token), or by
+a timer at most BYTES_OUT_FLUSH_SECONDS after the response ended when no request comes, so they cost no
+round trip of their own. The periodic `flush_counters` then moves them into the session rows.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import logging
+import os
+import threading
 import time
 import uuid
+import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask import current_app
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ..accounts.models import User
 from ..database import db
@@ -36,9 +47,21 @@ UNKNOWN_TTL_SECONDS = 60
 USER_TTL_SECONDS = 300
 REDIS_RETRY_SECONDS = 1.0
 
+# bytes_out (session, count) pairs carried by one ADMIT; the rest wait for the next one or the timer.
+BYTES_OUT_PER_ADMIT = 32
+# A finished response's bytes_out reaches Redis at most this long after it ended (sooner with the next ADMIT).
+BYTES_OUT_FLUSH_SECONDS = 2.0
+
+log = logging.getLogger(__name__)
+
 # One round trip for a warm request: token, owner, path verdicts, device holder, rate limit, counters —
-# in the order SPEC §3.6 checks them. Python handles every answer other than 'ok'.
+# in the order SPEC §3.6 checks them. Python handles every answer other than 'ok'. First, whatever verdict
+# follows, it adds the bytes_out this process has pending (ARGV[14], [15], … as session id, count pairs).
 ADMIT = """
+for i = 14, #ARGV, 2 do
+  redis.call('HINCRBY', ARGV[11] .. ARGV[i], 'bytes_out', ARGV[i + 1])
+  redis.call('SADD', ARGV[13], ARGV[i])
+end
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'token_miss'} end
 if raw == '-' then return {'invalid'} end
@@ -75,6 +98,9 @@ redis.call('HSET', session_key, 'last_activity', ARGV[2])
 redis.call('SADD', ARGV[13], session)
 return {'ok', raw, user_raw, session}
 """
+
+
+ADMIT_SHA = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by their SHA-1
 
 
 def hash_secret(secret: str) -> str:
@@ -181,7 +207,6 @@ class RedisState:
     def __init__(self) -> None:
         self._down_until = 0.0
         self._stale = False
-        self._admit = None
         self._refresh = None
 
     def available(self) -> bool:
@@ -191,38 +216,41 @@ class RedisState:
         self._down_until = time.monotonic() + REDIS_RETRY_SECONDS
         self._stale = True
 
-    def drop_stale_entries(self) -> None:
+    def drop_stale_entries(self, client: Redis | None = None) -> None:
         if not self._stale:
             return
+        client = client or self.client
         for pattern in (TOKEN_KEY + "*", USER_KEY + "*", HOLDER_KEY + "*"):
             batch = []
-            for key in self.client.scan_iter(match=pattern, count=500):
+            for key in client.scan_iter(match=pattern, count=500):
                 batch.append(key)
                 if len(batch) >= 500:
-                    self.client.delete(*batch)
+                    client.delete(*batch)
                     batch = []
             if batch:
-                self.client.delete(*batch)
+                client.delete(*batch)
         self._stale = False
 
     @property
     def client(self) -> Redis:
         return get_redis()
 
-    def admit(self, token_hash: str, *, device_id: str, path_ok: bool, certificate_path: bool, bytes_in: int,
-              moment: datetime) -> list:
-        self.drop_stale_entries()
-        if self._admit is None:
-            self._admit = self.client.register_script(ADMIT)
-        idle_ms = current_app.config["SESSION_IDLE_SECONDS"] * 1000
+    def admit(self, client: Redis, token_hash: str, *, device_id: str, path_ok: bool, certificate_path: bool,
+              bytes_in: int, moment: datetime, idle_seconds: int, rate_limits_json: str,
+              bytes_out: list[tuple[str, int]]) -> list:
+        """One EVALSHA (the script is loaded into a server the first time it lacks it); needs no app context."""
+        self.drop_stale_entries(client)
         now_ms = _epoch_ms(moment)
-        reply = self._admit(
-            keys=[TOKEN_KEY + token_hash],
-            args=[USER_KEY, now_ms, int(path_ok), int(certificate_path), HOLDER_KEY, device_id, idle_ms,
-                  RATE_KEY, now_ms // 60000, current_app.config["PROXY_RATE_LIMITS_JSON"], SESSION_KEY, bytes_in,
-                  DIRTY_SESSIONS],
-            client=self.client,
-        )
+        args = [TOKEN_KEY + token_hash, USER_KEY, now_ms, int(path_ok), int(certificate_path), HOLDER_KEY, device_id,
+                idle_seconds * 1000, RATE_KEY, now_ms // 60000, rate_limits_json, SESSION_KEY, bytes_in,
+                DIRTY_SESSIONS]
+        for session_id, count in bytes_out:
+            args += (session_id, count)
+        try:
+            reply = client.evalsha(ADMIT_SHA, 1, *args)
+        except NoScriptError:
+            client.script_load(ADMIT)
+            reply = client.evalsha(ADMIT_SHA, 1, *args)
         return [part.decode() if isinstance(part, bytes) else part for part in reply]
 
     def remember_token(self, token_hash: str, state: TokenState | None) -> None:
@@ -255,14 +283,87 @@ class RedisState:
     def holder_exists(self, token_id: uuid.UUID) -> bool:
         return bool(self.client.exists(HOLDER_KEY + str(token_id)))
 
-    def add_bytes_out(self, session_id: str, count: int) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(SESSION_KEY + session_id, "bytes_out", count)
-        pipe.sadd(DIRTY_SESSIONS, session_id)
+    def add_bytes_out(self, client: Redis, counts: list[tuple[str, int]]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for session_id, count in counts:
+            pipe.hincrby(SESSION_KEY + session_id, "bytes_out", count)
+            pipe.sadd(DIRTY_SESSIONS, session_id)
         pipe.execute()
 
 
 redis_state = RedisState()
+
+
+class PendingBytesOut:
+    """Response bytes of this process not yet in Redis, by session id.
+
+    `take` hands them to the next ADMIT (which adds them in the same round trip). A timer, armed by the first
+    count that arrives while none is armed, hands whatever is left to `flush` BYTES_OUT_FLUSH_SECONDS later,
+    so no count waits longer than that even when no request follows. `flush` gives back what it could not
+    write.
+    """
+
+    def __init__(self, flush: Callable[[list[tuple[str, int]]], None]):
+        self._flush = flush
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._timer_pid = 0  # the process whose timer is armed (a timer does not survive a fork)
+        _all_pending.add(self)
+
+    def add(self, session_id: str, count: int) -> None:
+        if count > 0:
+            self.give_back([(session_id, count)])
+
+    def take(self, limit: int | None = None) -> list[tuple[str, int]]:
+        if not self._counts:  # nothing pending: no need for the lock
+            return []
+        with self._lock:
+            if limit is None or len(self._counts) <= limit:
+                taken, self._counts = list(self._counts.items()), {}
+            else:
+                taken = [(key, self._counts.pop(key)) for key in list(self._counts)[:limit]]
+        return taken
+
+    def give_back(self, counts: list[tuple[str, int]]) -> None:
+        if not counts:
+            return
+        pid = os.getpid()
+        with self._lock:
+            for session_id, count in counts:
+                self._counts[session_id] = self._counts.get(session_id, 0) + count
+            if self._timer_pid == pid:
+                return
+            self._timer_pid = pid
+        timer = threading.Timer(BYTES_OUT_FLUSH_SECONDS, self._on_timer)
+        timer.daemon = True
+        timer.name = "proxy-bytes-out"
+        timer.start()
+
+    def flush_now(self) -> None:
+        counts = self.take()
+        if counts:
+            self._flush(counts)
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer_pid = 0
+        try:
+            self.flush_now()
+        except Exception:
+            log.exception("proxy: cannot flush bytes_out counters")
+
+
+_all_pending: weakref.WeakSet[PendingBytesOut] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_pending_at_exit() -> None:
+    """A worker that stops (gunicorn restarts it, a deploy) writes what it still holds."""
+    for pending in list(_all_pending):
+        try:
+            pending.flush_now()
+        except Exception:
+            log.warning("proxy: bytes_out counters lost at exit", exc_info=True)
 
 
 def _invalidate(action) -> None:
