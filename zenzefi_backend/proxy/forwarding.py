@@ -1,15 +1,22 @@
 """Forwarding to the upstream: streamed both ways, bytes untouched, headers cleaned, redirects passed back."""
 from __future__ import annotations
 
+import http.cookiejar
+import os
 import threading
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
-import urllib3
+import requests
 from flask import Request, Response
-from requests.utils import DEFAULT_CA_BUNDLE_PATH, requote_uri
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
-from urllib3.util import SKIP_HEADER, Timeout, parse_url
+from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar
+from requests.hooks import default_hooks
+from requests.structures import CaseInsensitiveDict
+from requests.utils import requote_uri
+from urllib3 import PoolManager
+from urllib3.exceptions import HTTPError, LocationValueError
+from urllib3.util import SKIP_HEADER, parse_url
 
 from ..errors import ZenzefiError
 
@@ -18,8 +25,10 @@ CHUNK_BYTES = 64 * 1024
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
                         "te", "trailer", "trailers", "transfer-encoding", "upgrade"})
 OUR_CREDENTIALS = frozenset({"x-access-token", "x-device-id"})
-# Recomputed for the upstream connection by requests.
+# Recomputed for the upstream connection.
 REQUEST_ONLY = frozenset({"host", "content-length"})
+# Idle upstream connections each thread keeps: a thread forwards one request at a time.
+THREAD_POOL_MAXSIZE = 2
 
 
 class UpstreamUnreachable(ZenzefiError):
@@ -43,20 +52,103 @@ def _stream_chunks(stream) -> Iterator[bytes]:
         yield chunk
 
 
-_local = threading.local()
+class NoCookies(RequestsCookieJar):
+    """A cookie jar that never stores anything: one user's upstream `Set-Cookie` can never be sent for another.
+    The client's own `Cookie` header is forwarded as sent and upstream `Set-Cookie` headers go back raw."""
+
+    def __init__(self) -> None:
+        super().__init__(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+    def set_cookie(self, cookie, *args, **kwargs) -> None:
+        return None
+
+    def extract_cookies(self, response, request) -> None:  # also skips parsing Set-Cookie for nothing
+        return None
 
 
-def upstream_pool() -> urllib3.PoolManager:
-    """One connection pool per thread: connections are reused; there is no cookie jar, so nothing one user's
-    answer set is ever sent for another. (urllib3 directly: `requests` on top of it cost more CPU per request
-    than everything else the proxy does.)"""
-    pool = getattr(_local, "pool", None)
-    if pool is None:
-        # HTTPS upstreams are verified against the same CA bundle `requests` used (certifi's).
-        pool = urllib3.PoolManager(num_pools=4, maxsize=4, retries=False, cert_reqs="CERT_REQUIRED",
-                                   ca_certs=DEFAULT_CA_BUNDLE_PATH)
-        _local.pool = pool
-    return pool
+class ForwardingAdapter(HTTPAdapter):
+    """requests' adapter minus what a direct connection to a fixed upstream never needs: the proxy lookups
+    (done twice per request) and the per-response cookie jar filled from `Set-Cookie` (nobody reads it)."""
+
+    def _thread_pools(self) -> PoolManager:
+        """This thread's connection pools: gunicorn's threads never wait on each other's pool locks."""
+        local = self.__dict__.setdefault("_local", threading.local())
+        pools = getattr(local, "pools", None)
+        if pools is None:
+            pools = local.pools = PoolManager(num_pools=self._pool_connections, maxsize=THREAD_POOL_MAXSIZE,
+                                              block=False)
+        return pools
+
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        if proxies:
+            return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        try:
+            host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
+            return self._thread_pools().connection_from_host(**host_params, pool_kwargs=pool_kwargs)
+        except (ValueError, LocationValueError) as error:
+            raise requests.exceptions.InvalidURL(error, request=request) from None
+
+    def request_url(self, request, proxies) -> str:
+        return super().request_url(request, proxies) if proxies else request.path_url
+
+    def build_response(self, req, resp) -> requests.Response:
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = resp.headers  # urllib3's HTTPHeaderDict: case-insensitive, duplicates kept
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url
+        response.request = req
+        response.connection = self
+        return response
+
+
+class ForwardingSession(requests.Session):
+    """A `requests.Session` that never follows a redirect, not even to prepare one (`Session.send` with
+    `allow_redirects=False` would otherwise read a 3xx body to its end to build the next request)."""
+
+    def get_redirect_target(self, resp) -> None:
+        return None
+
+
+def _new_session() -> requests.Session:
+    session = ForwardingSession()
+    # The upstream is one fixed, configured URL: no proxy from HTTP(S)_PROXY/NO_PROXY, no .netrc credentials,
+    # no CA bundle from REQUESTS_CA_BUNDLE, and no environment lookups on every request.
+    session.trust_env = False
+    session.headers.clear()  # no User-Agent, Accept or Accept-Encoding the client did not send
+    session.cookies = NoCookies()
+    # Shared by every thread, with connection pools per thread (see ForwardingAdapter._thread_pools: one pool
+    # shared by gunicorn's 8 threads cost ~200 µs of CPU per request in lock hand-offs, measured with
+    # bench/proxy.py). Never blocking: a connection beyond the pool's size is opened, then closed.
+    adapter = ForwardingAdapter(pool_connections=2, pool_maxsize=THREAD_POOL_MAXSIZE, max_retries=0,
+                                pool_block=False)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+_session: requests.Session | None = None
+_session_lock = threading.Lock()
+
+
+def upstream_session() -> requests.Session:
+    """The process's one pooled session, shared by every thread (made on first use, so in the worker)."""
+    session = _session
+    if session is None:
+        with _session_lock:
+            session = _session or _new_session()
+            globals()["_session"] = session
+    return session
+
+
+def _forget_session_after_fork() -> None:
+    """Connections must not cross fork(): a child makes its own session."""
+    global _session, _session_lock
+    _session, _session_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_session_after_fork)
 
 
 def _connection_listed(headers) -> set[str]:
@@ -74,7 +166,7 @@ def outgoing_headers(request: Request, client_address: str | None) -> dict[str, 
         if lowered in dropped:
             continue
         headers[name] = value
-    # urllib3 and http.client would otherwise add their own User-Agent and Accept-Encoding.
+    # urllib3 and http.client would otherwise add their own User-Agent and Accept-Encoding (SKIP_HEADER: none).
     for name in ("User-Agent", "Accept-Encoding"):
         headers.setdefault(name, SKIP_HEADER)
     if client_address:
@@ -83,18 +175,19 @@ def outgoing_headers(request: Request, client_address: str | None) -> dict[str, 
     return headers
 
 
-def request_body(request: Request, headers: dict[str, str]) -> tuple[object | None, bool]:
-    """(body, chunked), streamed: the input as a file with its Content-Length when the length is known, chunks
-    when the client sent chunked; else no body (and `Content-Length: 0` for methods that carry one)."""
+def request_body(request: Request, headers: dict[str, str]) -> object | None:
+    """Streamed: the input as a file with its Content-Length when the length is known, chunks when the client
+    sent chunked (no Content-Length, so requests' adapter sends them chunked); else no body (and
+    `Content-Length: 0` for methods that carry one)."""
     length = request.content_length
     if length:
         headers["Content-Length"] = str(length)
-        return request.stream, False
+        return request.stream
     if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-        return _stream_chunks(request.stream), True
+        return _stream_chunks(request.stream)
     if request.method not in ("GET", "HEAD"):
         headers["Content-Length"] = "0"
-    return None, False
+    return None
 
 
 def upstream_target(url: str) -> str:
@@ -112,27 +205,37 @@ def rewrite_location(location: str, upstream_base: str) -> str:
     return location
 
 
-def send(request: Request, url: str, *, client_address: str | None, connect_timeout: float,
-         read_timeout: float) -> urllib3.BaseHTTPResponse:
-    """The upstream's answer, its body not yet read. Never retried, never redirected."""
+def prepared(request: Request, url: str, client_address: str | None) -> requests.PreparedRequest:
+    """The upstream request, prepared here rather than by `Session.request`: no environment merge, no session
+    headers or cookies, no auth; the URL re-quoted as `PreparedRequest.prepare_url` does."""
     headers = outgoing_headers(request, client_address)
-    body, chunked = request_body(request, headers)
+    body = request_body(request, headers)
+    upstream = requests.PreparedRequest()
+    upstream.method = request.method
+    upstream.url = upstream_target(url)
+    upstream.headers = CaseInsensitiveDict(headers)
+    upstream.body = body
+    upstream.hooks = default_hooks()
+    return upstream
+
+
+def send(request: Request, url: str, *, client_address: str | None, connect_timeout: float,
+         read_timeout: float) -> requests.Response:
+    """The upstream's answer, its body not yet read. Never retried, never redirected."""
     try:
-        return upstream_pool().urlopen(
-            request.method, upstream_target(url), body=body, headers=headers, chunked=chunked, redirect=False,
-            retries=False, preload_content=False, decode_content=False,
-            timeout=Timeout(connect=connect_timeout, read=read_timeout),
+        return upstream_session().send(
+            prepared(request, url, client_address), stream=True, allow_redirects=False,
+            timeout=(connect_timeout, read_timeout), verify=True, proxies={},
         )
-    except NewConnectionError:  # refused (a subclass of ConnectTimeoutError, so first)
-        raise UpstreamUnreachable() from None
-    except (ConnectTimeoutError, ReadTimeoutError):
+    except requests.Timeout:  # connect or read (a refused connection is a ConnectionError)
         raise UpstreamTimeout() from None
-    except (HTTPError, OSError):  # reset, closed early, a broken answer
+    except (requests.RequestException, HTTPError, OSError):  # refused, reset, closed early, a broken answer
         raise UpstreamUnreachable() from None
 
 
-def relay(upstream: urllib3.BaseHTTPResponse, upstream_base: str, on_done: Callable[[int], None]) -> Response:
+def relay(answer: requests.Response, upstream_base: str, on_done: Callable[[int], None]) -> Response:
     """The upstream's status, headers (duplicates kept) and raw bytes (Content-Encoding untouched)."""
+    upstream = answer.raw  # urllib3's response: its HTTPHeaderDict keeps several Set-Cookie several
     raw_headers = upstream.headers
     dropped = HOP_BY_HOP | _connection_listed(raw_headers)
     headers = []
