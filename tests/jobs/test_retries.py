@@ -29,10 +29,15 @@ def test_every_periodic_job_is_enqueued_with_retries(app_ctx):
         assert job.failure_ttl == FAILURE_TTL_SECONDS
 
 
-def test_the_schedule_has_the_sweeps():
-    names = {p.name: p.every_seconds for p in SCHEDULE}
-    assert names["expire_tokens"] == 300
-    assert names["purge_expired"] == 3600
+def test_the_schedule_is_spec_section_4():
+    every = {p.name: p.every_seconds or p.daily_at.isoformat() for p in SCHEDULE}
+    assert every == {
+        "health_check": 50,
+        "proxy_sessions": 60, "relay_outbox": 60,
+        "expire_tokens": 300, "expire_payments": 300,
+        "expiring_token_emails": 3600, "auto_renewal": 3600, "expire_plans": 3600, "purge_expired": 3600,
+        "audit_retention": "03:00:00", "delivery_log_retention": "03:00:00",
+    }
 
 
 def test_a_failing_job_is_retried_with_backoff_then_stays_failed_and_visible(app, app_ctx):
