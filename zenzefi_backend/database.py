@@ -1,12 +1,14 @@
-"""Column types and model mixins shared by every domain."""
+"""Column types and model mixins shared by every domain, and what runs after a commit."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import event
+from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from .clock import ensure_utc, now
 from .extensions import db
@@ -53,7 +55,34 @@ class Timestamps:
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=now, onupdate=now)
 
 
-__all__ = ["UTCDateTime", "Money", "UUIDPrimaryKey", "Timestamps", "db"]
+_AFTER_COMMIT = "zenzefi_after_commit"
+
+
+def after_commit(action: Callable[[], None], *, once_as: str | None = None) -> None:
+    """Run `action` once the session's current transaction commits (at once when none is open); a rollback, or
+    a session closed without a commit, drops it. Actions registered `once_as` the same name run once per
+    transaction. They run outside any transaction, so they must not use the session."""
+    session = db.session()
+    if not session.in_transaction():
+        action()
+        return
+    session.info.setdefault(_AFTER_COMMIT, {})[once_as or action] = action
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for action in session.info.pop(_AFTER_COMMIT, {}).values():
+        action()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_after_rollback(session: Session, transaction: SessionTransaction) -> None:
+    # After a commit the actions are already gone (after_commit runs first); what is left was rolled back.
+    if transaction.parent is None:
+        session.info.pop(_AFTER_COMMIT, None)
+
+
+__all__ = ["UTCDateTime", "Money", "UUIDPrimaryKey", "Timestamps", "db", "after_commit"]
 
 
 PURGE_BATCH = 5000

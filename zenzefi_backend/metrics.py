@@ -15,8 +15,6 @@ import logging
 from decimal import Decimal
 
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import event
-from sqlalchemy.orm import Session, SessionTransaction
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +42,15 @@ total_users = Gauge("total_users", "Registered users", multiprocess_mode="livemo
 rq_queue_depth = Gauge("rq_queue_depth", "Jobs waiting in each RQ queue", ["queue"],
                        multiprocess_mode="livemostrecent")
 
-_PENDING = "zenzefi_metrics_pending"
-
-
 def count(counter: Counter, amount: int | Decimal = 1, **labels: str) -> None:
     """Increment `counter` once the session's current transaction commits (at once when none is open).
 
     A rollback, or a session closed without a commit, drops the increment.
     """
-    from .database import db
+    from .database import after_commit
 
-    session = db.session()
-    if not session.in_transaction():
-        _increment(counter, amount, labels)
-        return
-    session.info.setdefault(_PENDING, []).append((counter, amount, labels))
-
-
-def _increment(counter: Counter, amount: int | Decimal, labels: dict[str, str]) -> None:
     target = counter.labels(**labels) if labels else counter
-    target.inc(float(amount))
-
-
-@event.listens_for(Session, "after_commit")
-def _count_committed(session: Session) -> None:
-    for counter, amount, labels in session.info.pop(_PENDING, ()):
-        _increment(counter, amount, labels)
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _drop_uncommitted(session: Session, transaction: SessionTransaction) -> None:
-    # After a commit the list is already gone (after_commit runs first); what is left was rolled back.
-    if transaction.parent is None:
-        session.info.pop(_PENDING, None)
+    after_commit(lambda: target.inc(float(amount)))
 
 
 def refresh_gauges() -> None:

@@ -12,15 +12,12 @@ from typing import Any
 
 from flask import current_app, has_app_context
 from redis.exceptions import RedisError
-from sqlalchemy import event
-from sqlalchemy.orm import Session, SessionTransaction
 
-from ..database import db, purge_in_batches
+from ..database import after_commit, db, purge_in_batches
 from .models import EVENT_TYPES, OutboxEvent
 
 log = logging.getLogger(__name__)
 
-_EMITTED = "zenzefi_outbox_emitted"
 NUDGE_KEY = "zenzefi:outbox:nudge"
 NUDGE_DEBOUNCE_MS = 1000  # at most one extra relay run per second, however many commits wrote events
 RELAY_JOB = "zenzefi_backend.jobs.notifications.relay_outbox_job"  # by name: the worker imports it, not us
@@ -31,7 +28,7 @@ def emit(event_type: str, user_id: uuid.UUID | None, **payload: Any) -> OutboxEv
         raise ValueError(f"unknown event type {event_type!r}")
     outbox_event = OutboxEvent(event_type=event_type, user_id=user_id, payload=payload)
     db.session.add(outbox_event)
-    db.session.info[_EMITTED] = True
+    after_commit(nudge_relay, once_as="outbox relay nudge")
     return outbox_event
 
 
@@ -47,18 +44,6 @@ def nudge_relay() -> None:
             get_queue("default").enqueue(RELAY_JOB, result_ttl=0)
     except RedisError:
         log.warning("cannot nudge the outbox relay; it runs every minute anyway")
-
-
-@event.listens_for(Session, "after_commit")
-def _nudge_after_commit(session: Session) -> None:
-    if session.info.pop(_EMITTED, False):
-        nudge_relay()
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_rolled_back(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        session.info.pop(_EMITTED, None)
 
 
 def purge_dispatched_events(older_than: datetime) -> int:

@@ -134,12 +134,12 @@ _session_lock = threading.Lock()
 
 def upstream_session() -> requests.Session:
     """The process's one pooled session, shared by every thread (made on first use, so in the worker)."""
-    session = _session
-    if session is None:
+    global _session
+    if _session is None:
         with _session_lock:
-            session = _session or _new_session()
-            globals()["_session"] = session
-    return session
+            if _session is None:
+                _session = _new_session()
+    return _session
 
 
 def _forget_session_after_fork() -> None:

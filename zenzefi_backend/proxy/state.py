@@ -373,14 +373,15 @@ def _invalidate(action) -> None:
         redis_state.failed()  # the cache is dropped before Redis is used again; the sweep repeats this too
 
 
-def mark_revoked(token: AccessToken) -> None:
+def mark_revoked(token: AccessToken, *, secret_hash: str | None = None) -> None:
     """After a revoke: a tombstone (not a mere delete, which a concurrent cache fill could undo) and the
-    device released, so the very next request is refused."""
+    device released, so the very next request is refused. `secret_hash` retires a secret the token no longer
+    has (a gift rotates it): the old secret is refused while the token's new one is untouched."""
     state = replace(TokenState.of(token), revoked=1)
 
     def write(client: Redis) -> None:
         pipe = client.pipeline(transaction=False)
-        pipe.set(TOKEN_KEY + token.token_hash, state.dumps(), ex=TOKEN_TTL_SECONDS)
+        pipe.set(TOKEN_KEY + (secret_hash or token.token_hash), state.dumps(), ex=TOKEN_TTL_SECONDS)
         pipe.delete(HOLDER_KEY + str(token.id))
         pipe.execute()
 

@@ -85,12 +85,6 @@ def _rotate(token: AccessToken, old_hash: str, secret: str, recipient: str, mome
     ).rowcount == 1
 
 
-def _as_the_old_secret_knew_it(token: AccessToken, old_hash: str, moment: datetime) -> AccessToken:
-    """A transient copy (never added to the session) carrying the old hash, for `proxy_state.mark_revoked`."""
-    return AccessToken(id=token.id, user_id=token.user_id, token_hash=old_hash, scope=token.scope,
-                       duration_hours=token.duration_hours, activated_at=None, expires_at=None, revoked_at=moment)
-
-
 def gift_token(user: User, token_id: uuid.UUID, recipient_email: str) -> dict[str, Any]:
     recipient = recipient_email.strip().lower()
     moment = now()
@@ -114,13 +108,12 @@ def gift_token(user: User, token_id: uuid.UUID, recipient_email: str) -> dict[st
         user_id=user.id, dedupe_key=f"gift_received:{token.id}",
     )
     email_id = None if message is None else message.id
-    retired = _as_the_old_secret_knew_it(token, old_hash, moment)
     db.session.commit()
     # The old secret is refused from the very next request: a revoked tombstone keyed by the OLD hash, which
     # no concurrent cache fill (SET NX) or refresh overwrites — a plain delete could be undone by a request
-    # that read the database just before our commit. It also frees the giver's device. `mark_revoked(token)`
-    # would not do: the token now carries the new hash, and its tombstone would lock the recipient out.
-    proxy_state.mark_revoked(retired)
+    # that read the database just before our commit. It also frees the giver's device; the new secret's
+    # cache entry is left alone, so the recipient is not locked out.
+    proxy_state.mark_revoked(token, secret_hash=old_hash)
     if email_id is not None:
         enqueue_email(email_id)
-    return {"token_id": retired.id, "recipient_email": recipient, "gifted_at": moment}
+    return {"token_id": token.id, "recipient_email": recipient, "gifted_at": moment}
