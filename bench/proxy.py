@@ -43,6 +43,8 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import table  # noqa: E402
+
 UPSTREAM_PATH = "/bench/1k"
 DOWNLOAD_PATH = "/bench/1g"
 PROXY_PREFIX = "/api/v1/proxy"
@@ -550,14 +552,6 @@ def download(port: int, path: str, headers: dict[str, str], master: int) -> Down
 
 
 # --- the report ---------------------------------------------------------------------------------------------
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in
-                       enumerate(zip(row, widths, strict=True))) for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def verdict(ok: bool) -> str:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from bench.report import table  # noqa: E402
 from tests.e2e.harness import LOOPBACK, VENV_BIN, Gunicorn, child_env  # noqa: E402
 
 PURCHASE = "/api/v1/tokens/purchase"
@@ -159,14 +160,6 @@ def sign_up(client: Client, name: str) -> dict[str, Any]:
 def balance_of(client: Client, user: dict[str, Any]) -> Decimal:
     return Decimal(must(client.call("GET", "/api/v1/currency/balance", headers=user["headers"]), 200,
                         "balance")["balance"])
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in
-                       enumerate(zip(row, widths, strict=True))) for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def main() -> int:

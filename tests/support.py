@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -148,3 +149,26 @@ def dead_redis():
     from redis.retry import Retry
 
     return redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+
+
+@contextmanager
+def count_sql(app) -> Iterator[list[str]]:
+    """Every SQL statement the app's engine executes inside the block."""
+    from zenzefi_backend.extensions import db
+
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+# A marker for tests that need PostgreSQL's row locks and real concurrency; they skip, saying why, on SQLite.
+postgres_only = pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import sqlalchemy as sa
 from flask import Flask
@@ -54,22 +52,3 @@ def user_row(app: Flask, user_id: str):
         row = db.session.get(User, uuid.UUID(user_id))
         db.session.expunge(row)
         return row
-
-
-@contextmanager
-def count_sql(app: Flask) -> Iterator[list[str]]:
-    """Every SQL statement the app's engine executes inside the block."""
-    from zenzefi_backend.extensions import db
-
-    statements: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args) -> None:
-        statements.append(statement)
-
-    with app.app_context():
-        engine = db.engine
-    sa.event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", record)

@@ -4,15 +4,12 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-import pytest
 import sqlalchemy as sa
 
-from tests.support import POSTGRES_ONLY_REASON, make_backends, race
+from tests.support import postgres_only, race
 from zenzefi_backend import clock
 
 from .helpers import audit_rows, token_path
-
-postgres_only = pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)
 
 
 @postgres_only

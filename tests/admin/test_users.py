@@ -7,9 +7,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.support import count_sql
 from zenzefi_backend import clock
 
-from .helpers import BROWSER, USERS, audit_rows, count_sql, user_path, user_row
+from .helpers import BROWSER, USERS, audit_rows, user_path, user_row
 
 PURCHASE = "/api/v1/tokens/purchase"
 

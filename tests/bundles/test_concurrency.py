@@ -11,12 +11,11 @@ from decimal import Decimal
 import pytest
 
 from tests.money.helpers import assert_chained, assert_ledger_verifies, balance, ledger, tokens
-from tests.support import POSTGRES_ONLY_REASON, balance_watch, make_backends, race
+from tests.support import balance_watch, postgres_only, race
 
 from .helpers import purchase_path
 
-pytestmark = [pytest.mark.postgres,
-              pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)]
+pytestmark = [pytest.mark.postgres, postgres_only]
 
 THREADS = 20
 ROUNDS = 5

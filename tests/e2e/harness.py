@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import REAL_SERVICES_REASON, Backends, make_backends
 
@@ -63,6 +64,16 @@ def wait_for(condition: Callable[[], Any], timeout: float, message: str | Callab
         if time.monotonic() >= deadline:
             pytest.fail(message() if callable(message) else message)
         time.sleep(step)
+
+
+def counted(exposition: str, sample_name: str, **labels: str) -> float:
+    """The sum of every `sample_name` series whose labels include `labels`."""
+    total = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
 
 
 def tail(path: Path, lines: int = 40) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import Gunicorn, Upstream, real_services, wait_for
+from tests.e2e.harness import Gunicorn, Upstream, counted, real_services, wait_for
 
 pytestmark = [pytest.mark.e2e, real_services]
 
@@ -20,16 +19,6 @@ MIN_EVENTS = 6
 MAX_EVENTS = 40
 PURCHASE = "/api/v1/tokens/purchase"
 PROXIED = "/api/v1/proxy/certificates/filter"
-
-
-def counted(exposition: str, sample_name: str, **labels: str) -> float:
-    """The sum of every `sample_name` series whose labels include `labels`."""
-    total = 0.0
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def live_requests_counted(exposition: str) -> tuple[float, float]:

@@ -28,7 +28,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import (
     LOOPBACK,
@@ -37,6 +36,7 @@ from tests.e2e.harness import (
     Gunicorn,
     TcpRelay,
     child_env,
+    counted,
     real_services,
     require_real_services,
     wait_for,
@@ -321,15 +321,6 @@ def assert_json_error(answer: Answer, status: int) -> dict:
     assert body["code"] == status and body["message"], body
     assert len(answer.body) < 1024, answer  # reaches the user's browser as it is: short and readable
     return body
-
-
-def counted(exposition: str, sample_name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def validations(server: Gunicorn, result: str) -> float:

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.support import POSTGRES_ONLY_REASON, make_backends
+from tests.support import postgres_only
 from zenzefi_backend.accounts.models import RevokedJwt
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db
@@ -17,8 +17,6 @@ from zenzefi_backend.idempotency import IdempotencyKey
 from zenzefi_backend.jobs.maintenance import purge_expired_job
 
 from .helpers import race_in_app_contexts
-
-postgres_only = pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)
 
 
 def seed(app, user_id: str, old: int, fresh: int) -> None:

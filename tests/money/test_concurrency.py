@@ -35,10 +35,9 @@ from tests.money.helpers import (
     token_path,
     tokens,
 )
-from tests.support import POSTGRES_ONLY_REASON, balance_watch, make_backends, race
+from tests.support import balance_watch, postgres_only, race
 
-pytestmark = [pytest.mark.postgres,
-              pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)]
+pytestmark = [pytest.mark.postgres, postgres_only]
 
 THREADS = 20
 ROUNDS = 10

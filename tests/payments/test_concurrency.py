@@ -9,12 +9,11 @@ from collections import Counter
 
 import pytest
 
-from tests.support import POSTGRES_ONLY_REASON, make_backends, race
+from tests.support import postgres_only, race
 
 from .helpers import assert_ledger_consistent, balance, create_payment, deposits, event, status_of
 
-pytestmark = [pytest.mark.postgres,
-              pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)]
+pytestmark = [pytest.mark.postgres, postgres_only]
 
 THREADS = 20
 ROUNDS = 5

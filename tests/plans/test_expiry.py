@@ -4,9 +4,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-import pytest
-
-from tests.support import POSTGRES_ONLY_REASON, make_backends
+from tests.support import postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import get_redis
 from zenzefi_backend.jobs.plans import expire_plans_job
@@ -70,7 +68,7 @@ def test_a_renewal_before_the_sweep_is_kept(app, client, user):
         assert client.get(MY_PLAN, headers=user["headers"]).get_json()["plan"] == "premium"
 
 
-@pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)
+@postgres_only
 def test_two_sweeps_at_the_same_moment_expire_each_plan_once(app, accounts):
     moment = clock.now()
     users = [accounts.register()["id"] for _ in range(30)]

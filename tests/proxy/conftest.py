@@ -24,7 +24,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import Accounts, app_config
-from tests.support import POSTGRES_ONLY_REASON, make_backends
+from tests.support import count_sql, make_backends
 
 LOOPBACK = "127.0.0.1"
 DEVICE_A = "device-A-0123456789"
@@ -32,7 +32,6 @@ DEVICE_B = "device-B-9876543210"
 CLIENT_ADDRESS = "198.51.100.23"
 
 _BACKENDS = make_backends()
-postgres_only = pytest.mark.skipif(not _BACKENDS.is_postgres, reason=POSTGRES_ONLY_REASON)
 
 
 # --------------------------------------------------------------------------------------------- upstream
@@ -380,23 +379,9 @@ class ProxyEnv:
             db.session.execute(sa.update(AccessToken).where(AccessToken.id == uuid.UUID(token["id"])).values(**values))
             db.session.commit()
 
-    @contextlib.contextmanager
-    def count_sql(self) -> Iterator[list[str]]:
+    def count_sql(self) -> contextlib.AbstractContextManager[list[str]]:
         """Every SQL statement this app's engine executes inside the block."""
-        from zenzefi_backend.extensions import db
-
-        statements: list[str] = []
-
-        def record(_conn, _cursor, statement, *_args) -> None:
-            statements.append(statement)
-
-        with self.ctx():
-            engine = db.engine
-        sa.event.listen(engine, "before_cursor_execute", record)
-        try:
-            yield statements
-        finally:
-            sa.event.remove(engine, "before_cursor_execute", record)
+        return count_sql(self.app)
 
     def send_pending_bytes_out(self) -> None:
         """What the next proxied request of this process, or the timer, does with finished responses' bytes."""
@@ -511,6 +496,19 @@ def assert_error(response, code: int, mentions: str | None = None) -> dict:
     if mentions is not None:
         assert mentions.lower() in body["message"].lower(), body
     return body
+
+
+def assert_locked_out(env, token: dict, reason: str) -> None:
+    """The token is refused on its very next request, from any device and on /status, without reaching the
+    upstream; its session is over, ended for `reason`."""
+    env.upstream.clear()
+    assert_error(env.get("certificates/filter", token=token), 401)
+    assert_error(env.get("certificates/filter", token=token, device=DEVICE_B), 401)
+    assert_error(env.status(token), 401)
+    assert env.upstream.log == []
+    (session,) = env.sessions(token)
+    assert not session.is_active and session.ended_at is not None
+    assert [e["reason"] for e in env.events("session.ended", token)] == [reason]
 
 
 @contextlib.contextmanager

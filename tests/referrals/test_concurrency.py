@@ -14,14 +14,13 @@ import sqlalchemy as sa
 
 from tests.bundles.helpers import purchase_path
 from tests.money.helpers import PURCHASE, assert_chained, assert_ledger_verifies, balance, ledger, token_path
-from tests.support import POSTGRES_ONLY_REASON, make_backends, race
+from tests.support import postgres_only, race
 from zenzefi_backend.extensions import db
 from zenzefi_backend.referrals.models import ReferralBonus
 
 from .helpers import MONTH, WEEK, referral_entries
 
-pytestmark = [pytest.mark.postgres,
-              pytest.mark.skipif(not make_backends().is_postgres, reason=POSTGRES_ONLY_REASON)]
+pytestmark = [pytest.mark.postgres, postgres_only]
 
 THREADS = 20
 ROUNDS = 5
