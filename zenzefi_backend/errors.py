@@ -44,6 +44,19 @@ class ZenzefiError(Exception):
         self.extra = extra
 
 
+class TryAgainLater(ZenzefiError):
+    """An error the client may retry after some seconds: `Retry-After` and `retry_after` in the body agree."""
+
+    def __init__(self, retry_after_seconds: int):
+        seconds = max(1, int(retry_after_seconds))
+        super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
+
+
+class RateLimited(TryAgainLater):
+    code = 429
+    message = "Too many requests; slow down."
+
+
 class BadRequest(ZenzefiError):
     code = 400
     message = "Malformed request."

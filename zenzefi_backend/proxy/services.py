@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from ..clock import now
 from ..database import db
-from ..errors import BadRequest, Forbidden, Unauthorized, ZenzefiError
+from ..errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from ..metrics import token_validations
 from ..notifications.outbox import emit
 from ..tokens.models import AccessToken
@@ -61,13 +61,8 @@ class OutsideScope(Forbidden):
     message = "This token's scope does not allow this path."
 
 
-class ProxyRateLimited(ZenzefiError):
-    code = 429
+class ProxyRateLimited(RateLimited):
     message = "Too many requests with this token; slow down."
-
-    def __init__(self, retry_after_seconds: int):
-        seconds = max(1, int(retry_after_seconds))
-        super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..clock import now
 from ..database import db
-from ..errors import Conflict
+from ..errors import TryAgainLater
 from ..notifications.outbox import emit
 from ..tokens.models import AccessToken
 from .models import ProxySession
@@ -25,13 +25,13 @@ from .state import DIRTY_SESSIONS, SESSION_KEY, redis_state, release_holder
 CLAIM_ATTEMPTS = 3
 
 
-class DeviceInUse(Conflict):
+class DeviceInUse(TryAgainLater):
+    code = 409
     message = "This token is in use on another device. Try again when that device has been idle."
 
     def __init__(self, retry_after_seconds: float, *, idle_seconds: int | None = None):
         idle = current_app.config["SESSION_IDLE_SECONDS"] if idle_seconds is None else idle_seconds
-        seconds = min(idle, max(1, math.ceil(retry_after_seconds)))
-        super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
+        super().__init__(min(idle, max(1, math.ceil(retry_after_seconds))))
 
 
 def idle_timeout() -> timedelta:

@@ -24,7 +24,7 @@ from ..accounts.models import User
 from ..audit.services import record
 from ..clock import now
 from ..database import db
-from ..errors import Conflict, ZenzefiError
+from ..errors import Conflict, RateLimited
 from ..ledger import services as ledger
 from ..notifications.email import enqueue_email, queue_email
 from ..proxy import sessions as proxy_sessions
@@ -40,13 +40,8 @@ class TokenNotGiftable(Conflict):
     message = "Only a token that was never used, revoked or gifted can be gifted."
 
 
-class GiftLimitReached(ZenzefiError):
-    code = 429
+class GiftLimitReached(RateLimited):
     message = f"You can gift at most {GIFTS_PER_WINDOW} tokens in 24 hours; try again later."
-
-    def __init__(self, retry_after_seconds: int):
-        seconds = max(1, int(retry_after_seconds))
-        super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
 
 
 def _check_giftable(token: AccessToken, moment: datetime) -> None:
