@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from tests.jobs.helpers import race_in_app_contexts
+from tests.support import postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.jobs.schedule import SCHEDULE, by_name
 
@@ -60,3 +62,12 @@ def test_a_success_before_the_sweep_is_honoured(app, client, provider, user, pay
         assert response.get_json()["processed"] is True
         assert run_job(app) == {"expired": 0}
     assert balance(client, user) == "100.00"
+
+
+@postgres_only
+def test_two_sweeps_at_the_same_moment_expire_each_payment_once(app, client, user):
+    payments = [create_payment(client, user).get_json()["payment_id"] for _ in range(12)]
+    with clock.travel(timedelta(hours=24, seconds=1)):
+        results = race_in_app_contexts(app, lambda: by_name("expire_payments").func()["expired"], threads=4)
+    assert sum(results) == 12
+    assert sorted(audit.resource_id for audit in audits(app, "payment.expired")) == sorted(payments)
