@@ -19,7 +19,8 @@ from flask_migrate import upgrade
 from tests.support import Backends, make_backends
 
 BACKENDS: Backends = make_backends()
-pytest_plugins = ["tests.notifications.mailbox"]  # `mailbox`, `mailbox_files`, `smtp` for every test
+# `mailbox`, `mailbox_files`, `smtp`; `browser` (headless Chromium) for every test
+pytest_plugins = ["tests.notifications.mailbox", "tests.fixtures.browser"]
 
 
 def pytest_report_header(config):
