@@ -18,6 +18,10 @@ DEV_SECRET_PREFIX = "dev-insecure-"  # noqa: S105 - marks development defaults, 
 MIN_SECRET_LENGTH = 32
 PRODUCTION_SECRETS = ("SECRET_KEY", "JWT_SECRET_KEY", "PAYMENT_WEBHOOK_SECRET")
 WEAK_SECRETS = {"changeme", "secret", "password", "please-change-me"}
+# Swagger UI and ReDoc, pinned and served by us (ops/vendor_assets.py), so /docs and /redoc work offline.
+DOCS_ASSETS = "/static/vendor"
+SWAGGER_UI_DIST = f"{DOCS_ASSETS}/swagger-ui-dist-5.35.0/"
+REDOC_STANDALONE = f"{DOCS_ASSETS}/redoc-2.5.4/redoc.standalone.js"
 
 
 class ConfigError(RuntimeError):
@@ -217,9 +221,9 @@ def build_config(
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_UI_DIST,
         OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js",
+        OPENAPI_REDOC_URL=REDOC_STANDALONE,
     )
     values.setdefault("TESTING", env == "testing")
     return values
