@@ -529,6 +529,20 @@ def flask_activity(env: ProxyEnv) -> Iterator[dict[str, int]]:
         yield seen
 
 
+@contextlib.contextmanager
+def flask_route_only(env: ProxyEnv) -> Iterator[None]:
+    """Take the fast path out, as if it were not installed: everything goes through Flask's route."""
+    from zenzefi_backend.proxy.fastpath import ProxyFastPath
+
+    fast_path = env.app.wsgi_app
+    assert isinstance(fast_path, ProxyFastPath)
+    env.app.wsgi_app = fast_path.wsgi_app
+    try:
+        yield
+    finally:
+        env.app.wsgi_app = fast_path
+
+
 def use_database_only(monkeypatch) -> None:
     """Make this process treat Redis as unreachable, so every check runs against the database."""
     from zenzefi_backend.proxy import state

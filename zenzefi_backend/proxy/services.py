@@ -54,7 +54,8 @@ class InvalidAccessToken(Unauthorized):
 
 
 class PathNotCanonical(BadRequest):
-    message = "This path is not allowed (dot segments, '//', backslashes and encoded slashes are refused)."
+    message = ("This path is not allowed (dot segments, '//', backslashes, encoded slashes, ';' and control "
+               "characters are refused).")
 
 
 class OutsideScope(Forbidden):
