@@ -333,6 +333,10 @@ class ProxyEnv:
     def revoke(self, token: dict):
         return self.client.delete(f"/api/v1/tokens/{token['id']}", headers=token["user"]["headers"])
 
+    def gift(self, token: dict, recipient: str = "friend@example.com"):
+        return self.client.post(f"/api/v1/tokens/{token['id']}/gift", headers=token["user"]["headers"],
+                                json={"recipient_email": recipient})
+
     # --- looking at the database
 
     @contextlib.contextmanager

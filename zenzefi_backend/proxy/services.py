@@ -72,6 +72,7 @@ class Admission:
     user: UserState
     session_id: str
     via_redis: bool
+    token_hash: str  # the secret's hash this request was admitted with (a gift may rotate it meanwhile)
 
 
 def _check_headers(secret: str | None, device_id: str | None) -> None:
@@ -144,7 +145,8 @@ def _admit_with_redis(runtime: ProxyRuntime, token_hash: str, device_id: str, pa
         verdict = reply[0]
         if verdict == "ok":
             _VALIDATIONS[cache_result].inc()
-            return Admission(TokenState.loads(reply[1]), UserState.loads(reply[2]), reply[3], via_redis=True)
+            return Admission(TokenState.loads(reply[1]), UserState.loads(reply[2]), reply[3], via_redis=True,
+                             token_hash=token_hash)
         if verdict == "token_miss":
             cache_result = "cache_miss"
             with runtime.app_context():
@@ -220,11 +222,13 @@ def _admit_with_database(token_hash: str, device_id: str, path_ok: bool, certifi
     retry_after = _local_rate.hit(token.id, limits.get(user.plan, limits["free"]))
     if retry_after is not None:
         raise ProxyRateLimited(retry_after)
-    return Admission(token, user, str(session_id), via_redis=False)
+    return Admission(token, user, str(session_id), via_redis=False, token_hash=token_hash)
 
 
 def activate_if_first_use(runtime: ProxyRuntime, admission: Admission) -> None:
-    """The clock starts on the first request the upstream answered; concurrent first requests agree on one start."""
+    """The clock starts on the first request the upstream answered; concurrent first requests agree on one start.
+    Only while the token still has the secret the request was admitted with: a gift that rotated it meanwhile
+    wins, and the recipient's first request starts the clock."""
     if admission.token.activated_at:
         return
     with runtime.app_context():
@@ -236,7 +240,8 @@ def _activate(admission: Admission) -> None:
     moment = now()
     started = db.session.execute(
         sa.update(AccessToken)
-        .where(AccessToken.id == token.token_id, AccessToken.activated_at.is_(None))
+        .where(AccessToken.id == token.token_id, AccessToken.activated_at.is_(None),
+               AccessToken.token_hash == admission.token_hash)
         .values(activated_at=moment, expires_at=moment + timedelta(hours=token.duration_hours))
         .returning(AccessToken.id)
         .execution_options(synchronize_session=False)
