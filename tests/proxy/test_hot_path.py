@@ -9,8 +9,17 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.e2e.harness import TcpRelay
-from tests.proxy.conftest import DEVICE_A, DEVICE_B, ProxyEnv, Reply, assert_error, flask_activity, pattern
-from tests.support import REAL_SERVICES_REASON
+from tests.proxy.conftest import (
+    DEVICE_A,
+    DEVICE_B,
+    ProxyEnv,
+    Reply,
+    assert_error,
+    closed_port,
+    flask_activity,
+    pattern,
+)
+from tests.support import REAL_SERVICES_REASON, dead_redis
 from zenzefi_backend.proxy import services, state
 
 # --- no SQL once warm -----------------------------------------------------------------------------
@@ -83,6 +92,49 @@ def test_a_revoke_racing_a_cache_fill_still_wins(env, token, monkeypatch):
     assert revoked == [200]
     monkeypatch.setattr(services, "token_from_database", read_from_database)
     assert_error(env.get("certificates/filter", token=token), 401)
+
+
+# --- a gift while the giver's process cannot reach Redis ----------------------------------------------
+
+
+def test_a_secret_retired_by_a_gift_during_a_redis_blip_is_refused_by_every_worker_after_the_sweep(make_env,
+                                                                                                  monkeypatch):
+    """The gift's tombstone for the old secret cannot reach Redis (this process sees a blip); other workers still
+    find the old secret cached as valid, and the giver's device as the holder. The periodic sweep repeats the
+    invalidation as it does a revoke's — the old hash is kept for it — so afterwards no worker accepts the old
+    secret, and the recipient's device is not kept out by the giver's."""
+    from zenzefi_backend.extensions import redis_connection
+    from zenzefi_backend.jobs.proxy import sweep_proxy_sessions
+    from zenzefi_backend.tokens import gifts
+
+    env = make_env(ZENZEFI_UPSTREAM_URL=f"http://127.0.0.1:{closed_port()}")  # admitted requests end in 502
+    token = env.buy()
+    assert_error(env.get("certificates/filter", token=token), 502)  # cached as valid, device A holds it, still ready
+    new_secret = "n" * 64
+    monkeypatch.setattr(gifts, "new_secret", lambda: new_secret)
+    alive = env.app.extensions[redis_connection.extension_key]
+    monkeypatch.setitem(env.app.extensions, redis_connection.extension_key, dead_redis())
+    assert env.gift(token).status_code == 200  # the database is the truth; only the cache writes failed
+    monkeypatch.setitem(env.app.extensions, redis_connection.extension_key, alive)
+    # Now another worker, which never saw Redis fail and so has no reason to distrust the cache.
+    monkeypatch.setattr(state.redis_state, "_stale", False)
+    monkeypatch.setattr(state.redis_state, "_down_until", 0.0)
+    with env.ctx():
+        assert state.redis_state.cached_token(state.hash_secret(token["token"])) is not None
+
+    with env.ctx():
+        swept = sweep_proxy_sessions()
+    for device in (DEVICE_A, DEVICE_B):
+        assert_error(env.get("certificates/filter", token=token, device=device), 401)
+    assert_error(env.status(token), 401)
+    assert_error(env.get("certificates/filter", token=new_secret, device=DEVICE_B), 502)  # admitted, not a 409
+    assert swept["reasserted"] == 1
+    with env.ctx():
+        sweep_proxy_sessions()  # repeated while the gift is recent: it leaves the recipient's device alone
+    with env.count_sql() as statements:
+        assert_error(env.get("certificates/filter", token=new_secret, device=DEVICE_B), 502)
+        assert_error(env.get("certificates/filter", token=token, device=DEVICE_A), 401)
+    assert statements == []  # both answered from Redis
 
 
 # --- Redis down: PostgreSQL decides, then back to the fast path ---------------------------------------

@@ -33,6 +33,7 @@ from ..accounts.models import User
 from ..database import db
 from ..extensions import get_redis
 from ..tokens.models import AccessToken
+from .models import ProxySession
 
 PREFIX = "zenzefi:proxy:"
 TOKEN_KEY = PREFIX + "token:"  # + sha256 of the secret
@@ -120,6 +121,17 @@ REFRESH = """
 local current = redis.call('GET', KEYS[1])
 if current and current ~= '-' and cjson.decode(current).revoked == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+# A retired secret's tombstone, and the token's holder deleted unless it is the session ARGV[3] ('' = any holder).
+RETIRE = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local holder = redis.call('GET', KEYS[2])
+if holder and (ARGV[3] == '' or string.sub(holder, string.find(holder, '\\n', 1, true) + 1) ~= ARGV[3]) then
+  redis.call('DEL', KEYS[2])
+end
 return 1
 """
 
@@ -373,19 +385,28 @@ def _invalidate(action) -> None:
         redis_state.failed()  # the cache is dropped before Redis is used again; the sweep repeats this too
 
 
-def mark_revoked(token: AccessToken, *, secret_hash: str | None = None) -> None:
+def mark_revoked(token: AccessToken) -> None:
     """After a revoke: a tombstone (not a mere delete, which a concurrent cache fill could undo) and the
-    device released, so the very next request is refused. `secret_hash` retires a secret the token no longer
-    has (a gift rotates it): the old secret is refused while the token's new one is untouched."""
+    device released, so the very next request is refused."""
     state = replace(TokenState.of(token), revoked=1)
 
     def write(client: Redis) -> None:
         pipe = client.pipeline(transaction=False)
-        pipe.set(TOKEN_KEY + (secret_hash or token.token_hash), state.dumps(), ex=TOKEN_TTL_SECONDS)
+        pipe.set(TOKEN_KEY + token.token_hash, state.dumps(), ex=TOKEN_TTL_SECONDS)
         pipe.delete(HOLDER_KEY + str(token.id))
         pipe.execute()
 
     _invalidate(write)
+
+
+def mark_secret_retired(token: AccessToken, secret_hash: str, current_session_id: uuid.UUID | None = None) -> None:
+    """After a gift rotated the secret (and again from the sweep): the old secret's tombstone, and the giver's
+    device released — unless the holder is `current_session_id`, the token's active session in the database
+    (the recipient's by then, whom the sweep must not disturb). The token's new secret is untouched."""
+    state = replace(TokenState.of(token), revoked=1)
+    _invalidate(lambda client: client.eval(
+        RETIRE, 2, TOKEN_KEY + secret_hash, HOLDER_KEY + str(token.id), state.dumps(), TOKEN_TTL_SECONDS,
+        "" if current_session_id is None else str(current_session_id)))
 
 
 def mark_inactive(user: User) -> None:
@@ -409,12 +430,19 @@ def release_holder(token_id: uuid.UUID) -> None:
 
 
 def reassert_recent_invalidations(since: datetime) -> int:
-    """Write the tombstones of recent revokes and deactivations again (periodic sweep): a process that
-    could not reach Redis at the time cannot leave a stale 'valid' entry behind for long."""
+    """Write the tombstones of recent revokes, gifts' retired secrets and deactivations again (periodic sweep): a
+    process that could not reach Redis at the time cannot leave a stale 'valid' entry behind for long."""
     tokens = db.session.scalars(sa.select(AccessToken).where(AccessToken.revoked_at >= since)).all()
+    gifted = db.session.execute(
+        sa.select(AccessToken, ProxySession.id)
+        .outerjoin(ProxySession, sa.and_(ProxySession.token_id == AccessToken.id, ProxySession.is_active.is_(True)))
+        .where(AccessToken.gifted_at >= since, AccessToken.retired_token_hash.is_not(None))
+    ).all()
     users = db.session.scalars(sa.select(User).where(User.is_active.is_(False), User.updated_at >= since)).all()
     for token in tokens:
         mark_revoked(token)
+    for token, current_session_id in gifted:
+        mark_secret_retired(token, token.retired_token_hash, current_session_id)
     for user in users:
         mark_inactive(user)
-    return len(tokens) + len(users)
+    return len(tokens) + len(gifted) + len(users)
