@@ -2,8 +2,10 @@
 back on the fast path by itself when Redis returns. Invalidation must survive both."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -20,6 +22,7 @@ from tests.proxy.conftest import (
     pattern,
 )
 from tests.support import REAL_SERVICES_REASON, dead_redis
+from zenzefi_backend.clock import ensure_utc, now
 from zenzefi_backend.proxy import services, state
 
 # --- no SQL once warm -----------------------------------------------------------------------------
@@ -65,6 +68,33 @@ def test_a_second_token_warms_up_on_its_own(env, token):
         for _ in range(3):
             assert env.get("certificates/filter", token=token).status_code == 200
             assert env.get("certificates/filter", token=other, device=DEVICE_B).status_code == 200
+    assert statements == []
+
+
+# --- the cached token entry ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["valid", "expired"])
+def test_token_entries_cached_in_milliseconds_by_the_previous_version_are_still_honoured(env, token, expired):
+    """Until their 5 minutes run out after a deploy, entries with `activated_at`/`expires_at` in epoch ms (the
+    format before microseconds) are read as such, by the ADMIT script and by /status alike."""
+    assert env.get("certificates/filter", token=token).status_code == 200  # activated and cached
+    row = env.token_row(token)
+    expires = now() - timedelta(seconds=1) if expired else row.expires_at
+    previous_format = {"id": token["id"], "user_id": token["user"]["id"], "scope": "full", "duration_hours": 1,
+                       "activated_at": int(row.activated_at.timestamp() * 1000),
+                       "expires_at": int(expires.timestamp() * 1000), "revoked": 0}
+    with env.ctx():
+        state.redis_state.client.set(state.TOKEN_KEY + state.hash_secret(token["token"]),
+                                     json.dumps(previous_format), ex=state.TOKEN_TTL_SECONDS)
+    with env.count_sql() as statements:
+        if expired:  # the cached entry decides, as it would have in the previous version
+            assert_error(env.get("certificates/filter", token=token), 401)
+            assert_error(env.status(token), 401)
+        else:
+            assert env.get("certificates/filter", token=token).status_code == 200
+            shown = datetime.fromisoformat(env.status(token).get_json()["expires_at"])
+            assert abs(shown - ensure_utc(row.expires_at)) < timedelta(milliseconds=1)
     assert statements == []
 
 

@@ -49,11 +49,22 @@ def test_status_of_an_active_token(env, token, via):
     shown = datetime.fromisoformat(body["expires_at"])
     assert shown.utcoffset() == timedelta(0)
     stored = ensure_utc(env.token_row(token).expires_at)
-    assert abs(shown - stored) < timedelta(milliseconds=1)
+    assert shown == stored and body["expires_at"] == stored.isoformat()  # microseconds, like every timestamp
     assert 3590 <= body["time_remaining_seconds"] <= 3600
     with clock.travel(timedelta(minutes=45)):
         later = env.status(token).get_json()
     assert 890 <= later["time_remaining_seconds"] <= 900 and later["expires_at"] == body["expires_at"]
+
+
+@pytest.mark.parametrize("microseconds", [0, 1, 999, 1000, 123456, 999999])
+def test_status_shows_expires_at_to_the_microsecond(env, token, via, microseconds):
+    """Whatever the sub-second part of the activation moment, from Redis and from the database alike."""
+    activated = now().replace(microsecond=microseconds) - timedelta(minutes=1)
+    env.update_token(token, activated_at=activated, expires_at=activated + timedelta(hours=1))
+    assert env.get("certificates/filter", token=token).status_code == 200  # fills the cache where there is one
+    body = env.status(token).get_json()
+    assert body["expires_at"] == (activated + timedelta(hours=1)).isoformat()
+    assert body["is_activated"] is True
 
 
 def test_status_needs_no_device_and_ignores_the_holder(env, token, via):

@@ -229,7 +229,7 @@ def activate_if_first_use(runtime: ProxyRuntime, admission: Admission) -> None:
     """The clock starts on the first request the upstream answered; concurrent first requests agree on one start.
     Only while the token still has the secret the request was admitted with: a gift that rotated it meanwhile
     wins, and the recipient's first request starts the clock."""
-    if admission.token.activated_at:
+    if admission.token.activated_us:
         return
     with runtime.app_context():
         _activate(admission)
@@ -289,7 +289,7 @@ def status_of(secret: str | None) -> dict[str, Any]:
     remaining = (expires - moment) if expires else timedelta(hours=token.duration_hours)
     return {
         "connected": True, "user_id": token.user_id, "token_id": token.id, "scope": token.scope,
-        "is_activated": bool(token.activated_at), "status": "active" if token.activated_at else "ready",
+        "is_activated": bool(token.activated_us), "status": "active" if token.activated_us else "ready",
         "duration_hours": token.duration_hours, "expires_at": expires,
         "time_remaining_seconds": max(0, int(remaining.total_seconds())),
     }

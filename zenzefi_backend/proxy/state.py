@@ -22,7 +22,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
@@ -57,9 +57,10 @@ log = logging.getLogger(__name__)
 
 # One round trip for a warm request: token, owner, path verdicts, device holder, rate limit, counters —
 # in the order SPEC §3.6 checks them. Python handles every answer other than 'ok'. First, whatever verdict
-# follows, it adds the bytes_out this process has pending (ARGV[14], [15], … as session id, count pairs).
+# follows, it adds the bytes_out this process has pending (ARGV[15], [16], … as session id, count pairs).
+# Times: ARGV[2] is now in epoch ms (session activity), ARGV[14] in epoch µs (expiry, as precise as the database).
 ADMIT = """
-for i = 14, #ARGV, 2 do
+for i = 15, #ARGV, 2 do
   redis.call('HINCRBY', ARGV[11] .. ARGV[i], 'bytes_out', ARGV[i + 1])
   redis.call('SADD', ARGV[13], ARGV[i])
 end
@@ -70,8 +71,8 @@ local token = cjson.decode(raw)
 local user_raw = redis.call('GET', ARGV[1] .. token.user_id)
 if not user_raw then return {'user_miss', raw} end
 local user = cjson.decode(user_raw)
-local now_ms = tonumber(ARGV[2])
-if token.revoked == 1 or user.active == 0 or (token.expires_at > 0 and now_ms >= token.expires_at) then
+local expires_us = token.expires_us or token.expires_at * 1000
+if token.revoked == 1 or user.active == 0 or (expires_us > 0 and tonumber(ARGV[14]) >= expires_us) then
   return {'invalid', raw, user_raw}
 end
 if ARGV[3] ~= '1' then return {'bad_path', raw, user_raw} end
@@ -108,12 +109,21 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _epoch_ms(moment: datetime | None) -> int:
-    return 0 if moment is None else int(moment.timestamp() * 1000)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def _moment(epoch_ms: int) -> datetime | None:
-    return None if not epoch_ms else datetime.fromtimestamp(epoch_ms / 1000, UTC)
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _epoch_us(moment: datetime | None) -> int:
+    """Exact integer microseconds (no float on the way), so a cached time equals the database's."""
+    return 0 if moment is None else (moment - _EPOCH) // _MICROSECOND
+
+
+def _moment(epoch_us: int) -> datetime | None:
+    return None if not epoch_us else _EPOCH + epoch_us * _MICROSECOND
 
 
 # Replace a cached token with fresher database state, but never over a revoke's tombstone.
@@ -142,18 +152,21 @@ class TokenState:
     user_id: str
     scope: str
     duration_hours: int
-    activated_at: int  # epoch ms, 0 = not yet
-    expires_at: int  # epoch ms, 0 = not yet
+    activated_us: int  # epoch µs, 0 = not yet
+    expires_us: int  # epoch µs, 0 = not yet
     revoked: int  # 0/1 (Lua-friendly)
 
     @classmethod
     def of(cls, token: AccessToken) -> TokenState:
         return cls(str(token.id), str(token.user_id), token.scope, token.duration_hours,
-                   _epoch_ms(token.activated_at), _epoch_ms(token.expires_at), int(token.revoked_at is not None))
+                   _epoch_us(token.activated_at), _epoch_us(token.expires_at), int(token.revoked_at is not None))
 
     @classmethod
     def loads(cls, raw: str | bytes) -> TokenState:
-        return cls(**json.loads(raw))
+        data = json.loads(raw)
+        if "expires_at" in data:  # cached (for TOKEN_TTL_SECONDS at most) by the version that kept milliseconds
+            data["activated_us"], data["expires_us"] = data.pop("activated_at") * 1000, data.pop("expires_at") * 1000
+        return cls(**data)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -168,14 +181,14 @@ class TokenState:
 
     @property
     def activated(self) -> datetime | None:
-        return _moment(self.activated_at)
+        return _moment(self.activated_us)
 
     @property
     def expires(self) -> datetime | None:
-        return _moment(self.expires_at)
+        return _moment(self.expires_us)
 
     def usable_at(self, moment: datetime) -> bool:
-        return not self.revoked and not (self.expires_at and _epoch_ms(moment) >= self.expires_at)
+        return not self.revoked and not (self.expires_us and _epoch_us(moment) >= self.expires_us)
 
 
 @dataclass(frozen=True)
@@ -255,7 +268,7 @@ class RedisState:
         now_ms = _epoch_ms(moment)
         args = [TOKEN_KEY + token_hash, USER_KEY, now_ms, int(path_ok), int(certificate_path), HOLDER_KEY, device_id,
                 idle_seconds * 1000, RATE_KEY, now_ms // 60000, rate_limits_json, SESSION_KEY, bytes_in,
-                DIRTY_SESSIONS]
+                DIRTY_SESSIONS, _epoch_us(moment)]
         for session_id, count in bytes_out:
             args += (session_id, count)
         try:
