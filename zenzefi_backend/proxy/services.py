@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -267,8 +267,11 @@ def record_bytes_out(runtime: ProxyRuntime, admission: Admission, count: int) ->
         sessions.add_bytes_out(uuid.UUID(admission.session_id), count)
 
 
-def status_of(secret: str | None) -> dict[str, Any]:
-    """What `/proxy/status` shows; never activates and never touches the device holder."""
+def status_of(secret: str | None, device_id: str | None = None) -> dict[str, Any]:
+    """What `/proxy/status` shows; never activates and never touches the device holder. With a device id, also
+    whether that device could use the token now (the device rule), in the proxy's check order."""
+    if device_id is not None and not DEVICE_ID.fullmatch(device_id):
+        raise MalformedDeviceId()
     if not secret:
         raise MissingAccessToken()
     token_hash = hash_secret(secret)
@@ -287,12 +290,37 @@ def status_of(secret: str | None) -> dict[str, Any]:
         raise _invalid()
     expires = token.expires
     remaining = (expires - moment) if expires else timedelta(hours=token.duration_hours)
-    return {
+    status = {
         "connected": True, "user_id": token.user_id, "token_id": token.id, "scope": token.scope,
         "is_activated": bool(token.activated_us), "status": "active" if token.activated_us else "ready",
         "duration_hours": token.duration_hours, "expires_at": expires,
         "time_remaining_seconds": max(0, int(remaining.total_seconds())),
     }
+    if device_id is not None:
+        status.update(_device_use(token, device_id, moment))
+    return status
+
+
+def _device_use(token: TokenState, device_id: str, moment: datetime) -> dict[str, Any]:
+    """The device rule as the next proxied request would meet it: Redis' holder when there is one, else the
+    database's active session (what `sessions.claim` decides), never claiming anything."""
+    holder = None
+    if redis_state.available():
+        try:
+            holder = redis_state.holder(token.id)
+        except RedisError:
+            redis_state.failed()
+    if holder is not None:
+        held_by, ttl_ms = holder
+        held = None if held_by == device_id else timedelta(milliseconds=max(ttl_ms, 0))
+    else:
+        held = sessions.held_by_another_device(token.token_id, device_id)
+    if held is None:
+        return {"device_can_use": True, "held_by_other_device": False, "retry_after_seconds": None,
+                "available_at": None}
+    idle = current_app.config["SESSION_IDLE_SECONDS"]
+    return {"device_can_use": False, "held_by_other_device": True,
+            "retry_after_seconds": sessions.wait_seconds(held.total_seconds(), idle), "available_at": moment + held}
 
 
 def _cached(token_hash: str) -> tuple[TokenState | None, UserState | None]:

@@ -305,6 +305,14 @@ class RedisState:
         idle_ms = current_app.config["SESSION_IDLE_SECONDS"] * 1000
         return bool(self.client.set(HOLDER_KEY + token_id, f"{device_id}\n{session_id}", nx=True, px=idle_ms))
 
+    def holder(self, token_id: str) -> tuple[str, int] | None:
+        """(device id, milliseconds until it lapses) of the device holding the token in Redis, if any."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(HOLDER_KEY + token_id)
+        pipe.pttl(HOLDER_KEY + token_id)
+        value, ttl_ms = pipe.execute()
+        return None if value is None else (value.decode().partition("\n")[0], ttl_ms)
+
     def holder_exists(self, token_id: uuid.UUID) -> bool:
         return bool(self.client.exists(HOLDER_KEY + str(token_id)))
 
