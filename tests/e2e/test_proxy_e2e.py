@@ -14,6 +14,8 @@ import hashlib
 import http.client
 import json
 import random
+import re
+import socket
 import subprocess
 import threading
 import time
@@ -232,6 +234,11 @@ class RecordingUpstream:
             ("Cache-Control", "no-store"),
         ], b"hop")
 
+    @staticmethod
+    def _answer_broken(handler, seen: Seen, path: str, query: dict[str, str]) -> None:
+        """Header fields no correct server sends, written as raw bytes (see BROKEN_HEAD)."""
+        handler.wfile.write(BROKEN_HEAD + b"Content-Length: 4\r\n\r\npage")
+
     def _answer_big(self, handler, seen: Seen, path: str, query: dict[str, str]) -> None:
         handler.send_response_only(200)
         handler.send_header("Content-Type", "application/octet-stream")
@@ -242,6 +249,10 @@ class RecordingUpstream:
         handler.wfile.write(b"0\r\n\r\n")
 
 
+# A bare CR (RFC 9112 §2.2), a NUL, a fold on a bare LF, a vertical tab and a name that is no token.
+BROKEN_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Note: a\rSet-Cookie: evil=1\r\n"
+               b"X-Nul: b\x00Set-Cookie: evil=2\r\nX-Fold: c\n Location: https://evil.example/\r\nX-Tab: d\x0be\r\n"
+               b"X(Bad): 1\r\nX-After: kept\r\n")
 GZIP_BODY = gzip.compress(b"certificate list, " * 4096, mtime=0)
 COOKIES = ("session=abc123; Path=/; HttpOnly",
            "theme=dark; Expires=Wed, 21 Oct 2037 07:28:00 GMT; Path=/",
@@ -592,6 +603,42 @@ def test_several_set_cookie_headers_stay_several_and_no_jar_is_shared(stack, tok
         assert proxied(stack.port, "GET", path, secret).status == 200
         [seen] = stack.upstream.seen(path)
         assert seen.values("Cookie") == [], seen.headers
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send `request` as raw bytes, read until the server closes; (head, body) exactly as received."""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize("origin", [None, "http://localhost:61000"], ids=["fast path", "Flask route"])
+def test_upstream_header_fields_with_control_characters_reach_the_client_as_one_field_each(stack, token, origin):
+    """Read as raw bytes from gunicorn: every line of the head ends in CRLF, no control character is left, the
+    broken fields arrive as one field each with spaces instead (no injected Set-Cookie or Location), and the
+    field whose name is no token is dropped — a 200, not gunicorn's 500."""
+    lines = [f"GET {PROXY}{unique('broken')} HTTP/1.1", f"Host: {LOOPBACK}:{stack.port}", "Connection: close",
+             *(f"{name}: {value}" for name, value in credentials(token.secret)),
+             *([f"Origin: {origin}"] if origin else [])]
+    head, body = raw_exchange(stack.port, ("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    status, *fields = head.split(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 200 "), head
+    assert body == b"page"
+    for line in fields:
+        assert not re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", line), line
+    values = dict(line.split(b": ", 1) for line in fields)
+    assert values[b"X-Note"] == b"a Set-Cookie: evil=1"
+    assert values[b"X-Nul"] == b"b Set-Cookie: evil=2"
+    assert values[b"X-Fold"] == b"c  Location: https://evil.example/"
+    assert values[b"X-Tab"] == b"d e"
+    assert values[b"X-After"] == b"kept"
+    names = {name.lower() for name in values}
+    assert not names & {b"set-cookie", b"location", b"x(bad)"}, head
 
 
 # --- the WSGI fast path -------------------------------------------------------------------------------------

@@ -333,6 +333,10 @@ class ProxyEnv:
     def revoke(self, token: dict):
         return self.client.delete(f"/api/v1/tokens/{token['id']}", headers=token["user"]["headers"])
 
+    def gift(self, token: dict, recipient: str = "friend@example.com"):
+        return self.client.post(f"/api/v1/tokens/{token['id']}/gift", headers=token["user"]["headers"],
+                                json={"recipient_email": recipient})
+
     # --- looking at the database
 
     @contextlib.contextmanager
@@ -527,6 +531,20 @@ def flask_activity(env: ProxyEnv) -> Iterator[dict[str, int]]:
 
     with request_started.connected_to(on_request, env.app), appcontext_pushed.connected_to(on_app_context, env.app):
         yield seen
+
+
+@contextlib.contextmanager
+def flask_route_only(env: ProxyEnv) -> Iterator[None]:
+    """Take the fast path out, as if it were not installed: everything goes through Flask's route."""
+    from zenzefi_backend.proxy.fastpath import ProxyFastPath
+
+    fast_path = env.app.wsgi_app
+    assert isinstance(fast_path, ProxyFastPath)
+    env.app.wsgi_app = fast_path.wsgi_app
+    try:
+        yield
+    finally:
+        env.app.wsgi_app = fast_path
 
 
 def use_database_only(monkeypatch) -> None:

@@ -21,26 +21,14 @@ from tests.proxy.conftest import (
     away_from_minute_boundary,
     closed_port,
     flask_activity,
+    flask_route_only,
     use_database_only,
 )
 from zenzefi_backend.proxy import state
-from zenzefi_backend.proxy.fastpath import ProxyFastPath
 from zenzefi_backend.proxy.runtime import runtime_of
 
 RATE_LIMIT = 3
 MAX_BODY = 4096
-
-
-@contextlib.contextmanager
-def flask_route_only(env: ProxyEnv) -> Iterator[None]:
-    """Take the fast path out, as if it were not installed: everything goes through Flask's route."""
-    fast_path = env.app.wsgi_app
-    assert isinstance(fast_path, ProxyFastPath)
-    env.app.wsgi_app = fast_path.wsgi_app
-    try:
-        yield
-    finally:
-        env.app.wsgi_app = fast_path
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 statuses — checked on both sides: what the client got, and what the upstream's own log says it received."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import threading
@@ -15,6 +16,7 @@ from tests.proxy.conftest import (
     DEVICE_B,
     Reply,
     closed_port,
+    flask_route_only,
     gzipped,
     pattern,
     streamed,
@@ -224,6 +226,50 @@ def test_hop_by_hop_response_headers_are_stripped(env, token, upstream):
     for name, _ in HOP_BY_HOP_RESPONSE + [("Transfer-Encoding", "")]:
         assert name not in response.headers, (name, dict(response.headers))
     assert response.headers["X-End-To-End"] == "kept"
+
+
+# Upstream header fields that a lenient parser would read as more than one field, or that a server must not send
+# (RFC 9112 §2.2, RFC 9110 §5.5): (name, value as written on the wire, value the client gets).
+BROKEN_RESPONSE_HEADERS = {
+    "bare-cr": ("X-Note", "a\rSet-Cookie: evil=1", "a Set-Cookie: evil=1"),
+    "bare-cr-location": ("X-Note", "b\rLocation: https://evil.example/", "b Location: https://evil.example/"),
+    "bare-cr-at-the-end": ("X-Note", "c\r", "c"),
+    "nul": ("X-Note", "d\x00Set-Cookie: evil=1", "d Set-Cookie: evil=1"),
+    "bare-lf-fold": ("X-Note", "e\n Set-Cookie: evil=1", "e  Set-Cookie: evil=1"),
+    "crlf-fold": ("X-Note", "f\r\n Set-Cookie: evil=1", "f Set-Cookie: evil=1"),
+    "other-controls": ("X-Note", "g\x01\x0b\x0c\x1b\x7fh", "g     h"),
+    "tab-stays": ("X-Note", "i\tj", "i\tj"),
+    "latin-1-stays": ("X-Note", "caf\xe9", "caf\xe9"),
+}
+
+
+@pytest.mark.parametrize("via", ["fast path", "Flask route"])
+@pytest.mark.parametrize("name, sent, shown", [pytest.param(*case, id=key)
+                                               for key, case in BROKEN_RESPONSE_HEADERS.items()])
+def test_control_characters_in_upstream_headers_never_make_a_second_header(env, token, upstream, via, name, sent,
+                                                                          shown):
+    """A bare CR (or NUL, an LF fold, any other control) inside an upstream header is replaced with a space: the
+    client gets exactly the fields the upstream meant, never an injected `Set-Cookie` or `Location`."""
+    upstream.reply("/page", Reply(headers=[("Content-Type", "text/plain"), (name, sent), ("X-After", "kept")],
+                                  body=b"page"))
+    with flask_route_only(env) if via == "Flask route" else contextlib.nullcontext():
+        response = env.get("page", token=token)
+    assert response.status_code == 200 and response.get_data() == b"page"
+    assert [key for key, _ in response.headers if key.lower() not in ("content-length",)] == [
+        "Content-Type", name, "X-After"]
+    assert response.headers[name] == shown
+    assert "Set-Cookie" not in response.headers and "Location" not in response.headers
+    assert response.headers["X-After"] == "kept"
+
+
+def test_upstream_header_fields_with_invalid_names_are_dropped(env, token, upstream):
+    """A name that is not an RFC 9110 token cannot be forwarded (gunicorn would answer 500): the field is dropped."""
+    upstream.reply("/page", Reply(headers=[("Content-Type", "text/plain"), ("X(Bad)", "1"), ('X"Quoted"', "2"),
+                                           ("X-Good", "3")], body=b"page"))
+    response = env.get("page", token=token)
+    assert response.status_code == 200 and response.get_data() == b"page"
+    names = [key for key, _ in response.headers]
+    assert "X(Bad)" not in names and 'X"Quoted"' not in names and response.headers["X-Good"] == "3"
 
 
 def test_host_is_the_upstreams(env, token, upstream):

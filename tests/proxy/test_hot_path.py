@@ -2,15 +2,27 @@
 back on the fast path by itself when Redis returns. Invalidation must survive both."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from tests.e2e.harness import TcpRelay
-from tests.proxy.conftest import DEVICE_A, DEVICE_B, ProxyEnv, Reply, assert_error, flask_activity, pattern
-from tests.support import REAL_SERVICES_REASON
+from tests.proxy.conftest import (
+    DEVICE_A,
+    DEVICE_B,
+    ProxyEnv,
+    Reply,
+    assert_error,
+    closed_port,
+    flask_activity,
+    pattern,
+)
+from tests.support import REAL_SERVICES_REASON, dead_redis
+from zenzefi_backend.clock import ensure_utc, now
 from zenzefi_backend.proxy import services, state
 
 # --- no SQL once warm -----------------------------------------------------------------------------
@@ -59,6 +71,33 @@ def test_a_second_token_warms_up_on_its_own(env, token):
     assert statements == []
 
 
+# --- the cached token entry ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["valid", "expired"])
+def test_token_entries_cached_in_milliseconds_by_the_previous_version_are_still_honoured(env, token, expired):
+    """Until their 5 minutes run out after a deploy, entries with `activated_at`/`expires_at` in epoch ms (the
+    format before microseconds) are read as such, by the ADMIT script and by /status alike."""
+    assert env.get("certificates/filter", token=token).status_code == 200  # activated and cached
+    row = env.token_row(token)
+    expires = now() - timedelta(seconds=1) if expired else row.expires_at
+    previous_format = {"id": token["id"], "user_id": token["user"]["id"], "scope": "full", "duration_hours": 1,
+                       "activated_at": int(row.activated_at.timestamp() * 1000),
+                       "expires_at": int(expires.timestamp() * 1000), "revoked": 0}
+    with env.ctx():
+        state.redis_state.client.set(state.TOKEN_KEY + state.hash_secret(token["token"]),
+                                     json.dumps(previous_format), ex=state.TOKEN_TTL_SECONDS)
+    with env.count_sql() as statements:
+        if expired:  # the cached entry decides, as it would have in the previous version
+            assert_error(env.get("certificates/filter", token=token), 401)
+            assert_error(env.status(token), 401)
+        else:
+            assert env.get("certificates/filter", token=token).status_code == 200
+            shown = datetime.fromisoformat(env.status(token).get_json()["expires_at"])
+            assert abs(shown - ensure_utc(row.expires_at)) < timedelta(milliseconds=1)
+    assert statements == []
+
+
 # --- a revoke racing a cache fill --------------------------------------------------------------------
 
 
@@ -83,6 +122,49 @@ def test_a_revoke_racing_a_cache_fill_still_wins(env, token, monkeypatch):
     assert revoked == [200]
     monkeypatch.setattr(services, "token_from_database", read_from_database)
     assert_error(env.get("certificates/filter", token=token), 401)
+
+
+# --- a gift while the giver's process cannot reach Redis ----------------------------------------------
+
+
+def test_a_secret_retired_by_a_gift_during_a_redis_blip_is_refused_by_every_worker_after_the_sweep(make_env,
+                                                                                                  monkeypatch):
+    """The gift's tombstone for the old secret cannot reach Redis (this process sees a blip); other workers still
+    find the old secret cached as valid, and the giver's device as the holder. The periodic sweep repeats the
+    invalidation as it does a revoke's — the old hash is kept for it — so afterwards no worker accepts the old
+    secret, and the recipient's device is not kept out by the giver's."""
+    from zenzefi_backend.extensions import redis_connection
+    from zenzefi_backend.jobs.proxy import sweep_proxy_sessions
+    from zenzefi_backend.tokens import gifts
+
+    env = make_env(ZENZEFI_UPSTREAM_URL=f"http://127.0.0.1:{closed_port()}")  # admitted requests end in 502
+    token = env.buy()
+    assert_error(env.get("certificates/filter", token=token), 502)  # cached as valid, device A holds it, still ready
+    new_secret = "n" * 64
+    monkeypatch.setattr(gifts, "new_secret", lambda: new_secret)
+    alive = env.app.extensions[redis_connection.extension_key]
+    monkeypatch.setitem(env.app.extensions, redis_connection.extension_key, dead_redis())
+    assert env.gift(token).status_code == 200  # the database is the truth; only the cache writes failed
+    monkeypatch.setitem(env.app.extensions, redis_connection.extension_key, alive)
+    # Now another worker, which never saw Redis fail and so has no reason to distrust the cache.
+    monkeypatch.setattr(state.redis_state, "_stale", False)
+    monkeypatch.setattr(state.redis_state, "_down_until", 0.0)
+    with env.ctx():
+        assert state.redis_state.cached_token(state.hash_secret(token["token"])) is not None
+
+    with env.ctx():
+        swept = sweep_proxy_sessions()
+    for device in (DEVICE_A, DEVICE_B):
+        assert_error(env.get("certificates/filter", token=token, device=device), 401)
+    assert_error(env.status(token), 401)
+    assert_error(env.get("certificates/filter", token=new_secret, device=DEVICE_B), 502)  # admitted, not a 409
+    assert swept["reasserted"] == 1
+    with env.ctx():
+        sweep_proxy_sessions()  # repeated while the gift is recent: it leaves the recipient's device alone
+    with env.count_sql() as statements:
+        assert_error(env.get("certificates/filter", token=new_secret, device=DEVICE_B), 502)
+        assert_error(env.get("certificates/filter", token=token, device=DEVICE_A), 401)
+    assert statements == []  # both answered from Redis
 
 
 # --- Redis down: PostgreSQL decides, then back to the fast path ---------------------------------------

@@ -2,8 +2,11 @@
 effect on the very next request."""
 from __future__ import annotations
 
+import secrets
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
@@ -134,6 +137,95 @@ def test_twenty_concurrent_first_requests_from_two_devices_one_wins(env, token, 
     active = [s for s in env.sessions(token) if s.is_active]
     assert len(active) == 1 and active[0].device_id == winner
     assert len(env.events("token.activated", token)) == 1
+
+
+# --- a gift while a request admitted with the old secret is in flight ----------------------------------
+
+
+class HeldUpstream:
+    """Answers `path` only once `release` is set; `arrived` counts the requests waiting there."""
+
+    def __init__(self, upstream, path: str):
+        self.release = threading.Event()
+        self.arrived = threading.Semaphore(0)
+
+        def answer(_recorded) -> Reply:
+            self.arrived.release()
+            assert self.release.wait(timeout=30), "the test never released the upstream"
+            return Reply(body=b"late answer")
+
+        upstream.reply(path, answer)
+
+    def wait_for(self, count: int) -> None:
+        for _ in range(count):
+            assert self.arrived.acquire(timeout=30), "a proxied request never reached the upstream"
+
+
+def secret_for_the_gift(monkeypatch) -> str:
+    """The secret the gift will e-mail, known to the test in advance."""
+    from zenzefi_backend.tokens import gifts
+
+    secret = secrets.token_urlsafe(48)
+    monkeypatch.setattr(gifts, "new_secret", lambda: secret)
+    return secret
+
+
+@pytest.mark.parametrize("backend", ["redis", "database"])
+def test_a_request_admitted_with_the_old_secret_never_starts_a_gifted_tokens_clock(env, token, upstream, monkeypatch,
+                                                                                   backend):
+    """Slow upstream: the giver's first request is in flight when the gift answers 200. The upstream's late answer
+    reaches the giver, but the clock stays stopped for the recipient, whose own first request starts it."""
+    if backend == "database":
+        use_database_only(monkeypatch)
+    held = HeldUpstream(upstream, "/certificates/slow")
+    new_secret = secret_for_the_gift(monkeypatch)
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(env.get, "certificates/slow", token=token, client=env.app.test_client())
+        held.wait_for(1)
+        gifted = env.gift(token)
+        assert gifted.status_code == 200, gifted.get_json()
+        held.release.set()
+        late = in_flight.result(timeout=30)
+    assert late.status_code == 200 and late.get_data() == b"late answer"
+
+    row = env.token_row(token)
+    assert row.gifted_at is not None and row.activated_at is None and row.expires_at is None
+    assert env.events("token.activated", token) == []
+    assert env.status(new_secret).get_json()["status"] == "ready"
+    assert_error(env.get("certificates/filter", token=token), 401)  # the old secret is refused
+
+    assert env.get("certificates/filter", token=new_secret, device=DEVICE_B).status_code == 200
+    row = env.token_row(token)
+    assert ensure_utc(row.activated_at) > ensure_utc(row.gifted_at)
+    assert len(env.events("token.activated", token)) == 1
+
+
+@postgres_only
+@pytest.mark.postgres
+def test_gifts_racing_first_answers_either_the_gift_or_the_old_secrets_activation_wins(env, upstream):
+    """Ten tokens, each with a first request in flight; the upstream answers them all while their gifts run. Per
+    token exactly one side wins: a gifted token was never activated by the old secret, an activated one was not
+    gifted (409)."""
+    user = env.funded_user("1000.00")
+    tokens = [env.buy(user) for _ in range(10)]
+    held = HeldUpstream(upstream, "/certificates/slow")
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        in_flight = [pool.submit(env.get, "certificates/slow", token=token, device=f"device-{index:02d}-0123456789",
+                                 client=env.app.test_client()) for index, token in enumerate(tokens)]
+        held.wait_for(len(tokens))
+        calls = [lambda client: held.release.set()] + [
+            (lambda client, token=token: client.post(f"/api/v1/tokens/{token['id']}/gift", headers=user["headers"],
+                                                     json={"recipient_email": "friend@example.com"}).status_code)
+            for token in tokens]
+        outcomes = race(env.app, calls)[1:]
+        assert [future.result(timeout=30).status_code for future in in_flight] == [200] * len(tokens)
+    for token, gift_status in zip(tokens, outcomes, strict=True):
+        row = env.token_row(token)
+        if gift_status == 200:
+            assert row.gifted_at is not None and row.activated_at is None, (token["id"], row.activated_at)
+            assert env.events("token.activated", token) == []
+        else:
+            assert gift_status == 409 and row.gifted_at is None and row.activated_at is not None
 
 
 # --- sessions -------------------------------------------------------------------------------------

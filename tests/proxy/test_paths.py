@@ -2,11 +2,12 @@
 `certificates_only` allow-list, matched on whole segments. Asserted on what the upstream received."""
 from __future__ import annotations
 
+import contextlib
 from urllib.parse import unquote
 
 import pytest
 
-from tests.proxy.conftest import assert_error
+from tests.proxy.conftest import assert_error, flask_route_only
 from zenzefi_backend.proxy.paths import CERTIFICATES_ONLY_PREFIXES
 
 SPEC_PREFIXES = (
@@ -51,7 +52,43 @@ TRAVERSALS = {
     "nul-before-suffix": "certificates/details%00/../../admin",
     "double-encoded-nul": "certificates/details/%2500",
     "overlong-utf8-dot": "certificates/details/%c0%ae%c0%ae/admin",
+    "overlong-utf8-dot-3-bytes": "certificates/details/%e0%80%ae%e0%80%ae/admin",
+    "overlong-utf8-slash": "certificates/details%c0%af..%c0%afadmin",
     "invalid-utf8": "certificates/details/%ff",
+}
+
+# Servlet containers (Tomcat, Jetty) cut `;`-parameters off each segment before resolving dot segments, so
+# `..;` is `..` upstream; `;` is refused in every encoding (see the README's proxy decisions).
+PATH_PARAMETERS = {
+    "dot-dot-semicolon": "certificates/filter/..;/..;/admin",
+    "encoded-dot-dot-semicolon": "certificates/filter/%2e%2e;/%2e%2e;/admin",
+    "dot-dot-encoded-semicolon": "certificates/filter/..%3b/..%3b/admin",
+    "dot-dot-encoded-semicolon-upper": "certificates/filter/..%3B/admin",
+    "dot-dot-double-encoded-semicolon": "certificates/filter/..%253b/admin",
+    "dot-dot-session-parameter": "certificates/filter/..;jsessionid=1/..;jsessionid=1/admin",
+    "dot-semicolon": "certificates/filter/.;/x",
+    "half-encoded-dot-dot-semicolon": "certificates/filter/.%2E;x=1/admin",
+    "semicolon-on-the-prefix": "certificates/filter;jsessionid=1",
+    "semicolon-before-the-prefix": "certificates;x=1/filter",
+    "semicolon-in-a-segment": "certificates/filter/a;b",
+    "encoded-semicolon-in-a-segment": "certificates/filter/a%3bb",
+}
+
+# Other ways a servlet container, Windows or an old Jetty may read a segment as `.`/`..`.
+OTHER_DIFFERENTIALS = {
+    "jetty-u-escape-dot-dot": "certificates/filter/%u002e%u002e/admin",
+    "jetty-u-escape-upper": "certificates/filter/%U002E%U002E/admin",
+    "jetty-u-escape-slash": "certificates/filter%u002f..%u002fadmin",
+    "double-encoded-u-escape": "certificates/filter/%25u002e%25u002e/admin",
+    "dot-dot-trailing-space": "certificates/filter/..%20/admin",
+    "dot-dot-leading-space": "certificates/filter/%20../admin",
+    "three-dots": "certificates/filter/.../admin",
+    "dot-dot-trailing-dot-space": "certificates/filter/.. ./admin",
+    "only-spaces": "certificates/filter/%20%20/admin",
+    "dot-dot-tab": "certificates/filter/..%09/admin",
+    "carriage-return-line-feed": "certificates/filter/%0d%0aX-Injected:%201",
+    "delete-character": "certificates/filter/%7f",
+    "double-encoded-control": "certificates/filter/..%2509/admin",
 }
 
 
@@ -65,8 +102,8 @@ LEADING_SLASHES = {
     "leading-slash-dot-dot": "/../admin",
     "leading-slash-encoded-dot-dot": "/%2e%2e/admin",
 }
-TRAVERSAL_CASES = [pytest.param(path, id=name) for name, path in TRAVERSALS.items()] + [
-    pytest.param(path, id=name) for name, path in LEADING_SLASHES.items()]
+TRAVERSAL_CASES = [pytest.param(path, id=name) for cases in (TRAVERSALS, LEADING_SLASHES, PATH_PARAMETERS,
+                                                               OTHER_DIFFERENTIALS) for name, path in cases.items()]
 
 
 @pytest.mark.parametrize("scope", ["certificates_only", "full"])
@@ -77,6 +114,27 @@ def test_traversal_in_any_encoding_is_400_and_never_reaches_the_upstream(env, sc
     assert_error(env.call("POST", path, token=token, data=b"x"), 400)
     assert env.upstream.log == []
     assert env.token_row(token).activated_at is None
+
+
+@pytest.mark.parametrize("via", ["fast path", "Flask route"])
+@pytest.mark.parametrize("path", [pytest.param(path, id=name) for name, path in PATH_PARAMETERS.items()])
+def test_path_parameters_are_refused_on_both_serving_paths_and_nothing_reaches_the_upstream(env, certificates_token,
+                                                                                            via, path):
+    """`/certificates/filter/..;/..;/admin` is `/admin` to Tomcat: refused before any byte goes upstream, whether
+    the WSGI fast path or Flask's route (requests with an `Origin`, or without the fast path) serves it."""
+    assert env.get("certificates/filter", token=certificates_token).status_code == 200  # warm: Redis decides
+    env.upstream.clear()
+    with flask_route_only(env) if via == "Flask route" else contextlib.nullcontext():
+        body = assert_error(env.get(path, token=certificates_token), 400)
+        assert_error(env.call("PUT", path, token=certificates_token, data=b"x"), 400)
+    assert "';'" in body["message"]
+    assert env.upstream.log == []
+
+
+def test_a_semicolon_in_the_query_string_is_only_a_query(env, certificates_token):
+    response = env.get("certificates/filter?sort=a;b&x=..;", token=certificates_token)
+    assert response.status_code == 200
+    assert env.upstream.last().target == "/certificates/filter?sort=a;b&x=..;"
 
 
 def test_traversal_in_the_query_string_is_only_a_query(env, certificates_token):
@@ -101,8 +159,11 @@ def test_a_double_slash_after_the_prefix_is_checked_in_order_not_redirected(env,
     ("certificates/details/%41bc", "/certificates/details/Abc"),
     ("certificates/details/a%20b", "/certificates/details/a%20b"),
     ("certificates/details/..abc", "/certificates/details/..abc"),
+    ("certificates/details/abc..", "/certificates/details/abc.."),
+    ("certificates/details/.hidden", "/certificates/details/.hidden"),
     ("certificates/details/a.b.c", "/certificates/details/a.b.c"),
-    ("certificates/details/...", "/certificates/details/..."),
+    ("certificates/details/%25", "/certificates/details/%25"),
+    ("certificates/details/u002e", "/certificates/details/u002e"),
 ])
 def test_harmless_encodings_stay_inside_the_scope(env, certificates_token, path, upstream_path):
     response = env.get(path, token=certificates_token)

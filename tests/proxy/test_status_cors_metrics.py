@@ -2,12 +2,13 @@
 and the proxy's metrics."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.proxy.conftest import DEVICE_B, Reply, assert_error, use_database_only
+from tests.proxy.conftest import DEVICE_A, DEVICE_B, Reply, assert_error, use_database_only
 from zenzefi_backend import clock
 from zenzefi_backend.clock import ensure_utc, now
 
@@ -49,18 +50,124 @@ def test_status_of_an_active_token(env, token, via):
     shown = datetime.fromisoformat(body["expires_at"])
     assert shown.utcoffset() == timedelta(0)
     stored = ensure_utc(env.token_row(token).expires_at)
-    assert abs(shown - stored) < timedelta(milliseconds=1)
+    assert shown == stored and body["expires_at"] == stored.isoformat()  # microseconds, like every timestamp
     assert 3590 <= body["time_remaining_seconds"] <= 3600
     with clock.travel(timedelta(minutes=45)):
         later = env.status(token).get_json()
     assert 890 <= later["time_remaining_seconds"] <= 900 and later["expires_at"] == body["expires_at"]
 
 
-def test_status_needs_no_device_and_ignores_the_holder(env, token, via):
-    assert env.get("certificates/filter", token=token).status_code == 200
-    response = env.client.get("/api/v1/proxy/status", headers={"X-Access-Token": token["token"],
-                                                                "X-Device-ID": DEVICE_B})
-    assert response.status_code == 200 and response.get_json()["status"] == "active"
+@pytest.mark.parametrize("microseconds", [0, 1, 999, 1000, 123456, 999999])
+def test_status_shows_expires_at_to_the_microsecond(env, token, via, microseconds):
+    """Whatever the sub-second part of the activation moment, from Redis and from the database alike."""
+    activated = now().replace(microsecond=microseconds) - timedelta(minutes=1)
+    env.update_token(token, activated_at=activated, expires_at=activated + timedelta(hours=1))
+    assert env.get("certificates/filter", token=token).status_code == 200  # fills the cache where there is one
+    body = env.status(token).get_json()
+    assert body["expires_at"] == (activated + timedelta(hours=1)).isoformat()
+    assert body["is_activated"] is True
+
+
+def test_status_needs_no_device_and_without_one_answers_as_before(env, token, via):
+    """SPEC §7: the desktop client sends only X-Access-Token; another device holding the token changes nothing."""
+    assert env.get("certificates/filter", token=token, device=DEVICE_B).status_code == 200
+    body = env.status(token).get_json()
+    assert set(body) == STATUS_FIELDS and body["connected"] is True and body["status"] == "active"
+
+
+# --- /proxy/status for one device (X-Device-ID) ---------------------------------------------------------------
+
+DEVICE_FIELDS = {"device_can_use", "held_by_other_device", "retry_after_seconds", "available_at"}
+
+
+def device_status(env, token, device: str):
+    return env.client.get("/api/v1/proxy/status", headers={"X-Access-Token": token["token"], "X-Device-ID": device})
+
+
+def test_a_token_nobody_holds_is_usable_by_this_device_and_status_claims_nothing(env, token, via):
+    for _ in range(3):
+        body = device_status(env, token, DEVICE_A).get_json()
+        assert set(body) == STATUS_FIELDS | DEVICE_FIELDS
+        assert body["device_can_use"] is True and body["held_by_other_device"] is False
+        assert body["retry_after_seconds"] is None and body["available_at"] is None
+    assert env.sessions(token) == []
+    assert env.get("certificates/filter", token=token, device=DEVICE_B).status_code == 200  # A claimed nothing
+
+
+def test_the_holding_device_can_use_it(env, token, via):
+    assert env.get("certificates/filter", token=token, device=DEVICE_A).status_code == 200
+    body = device_status(env, token, DEVICE_A).get_json()
+    assert body["device_can_use"] is True and body["held_by_other_device"] is False
+    assert body["retry_after_seconds"] is None and body["available_at"] is None
+
+
+def test_another_device_is_told_the_token_is_held_and_when_it_frees_up(env, token, via):
+    """What the 409 of a proxied request would say, without making one and without claiming anything."""
+    assert env.get("certificates/filter", token=token, device=DEVICE_A).status_code == 200
+    before = now()
+    body = device_status(env, token, DEVICE_B).get_json()
+    assert body["connected"] is True and body["status"] == "active"
+    assert body["device_can_use"] is False and body["held_by_other_device"] is True
+    assert 299 <= body["retry_after_seconds"] <= 300
+    available = datetime.fromisoformat(body["available_at"])
+    assert before + timedelta(seconds=298) <= available <= now() + timedelta(seconds=300)
+    refused = env.get("certificates/filter", token=token, device=DEVICE_B)
+    assert_error(refused, 409)
+    assert abs(int(refused.headers["Retry-After"]) - body["retry_after_seconds"]) <= 1
+    assert env.get("certificates/filter", token=token, device=DEVICE_A).status_code == 200  # A still holds it
+    (session,) = env.sessions(token)
+    assert session.device_id == DEVICE_A and session.is_active
+
+
+def test_once_the_holder_is_idle_another_device_can_use_it(make_env, via):
+    env = make_env(SESSION_IDLE_SECONDS=1)
+    token = env.buy()
+    assert env.get("certificates/filter", token=token, device=DEVICE_A).status_code == 200
+    assert device_status(env, token, DEVICE_B).get_json()["retry_after_seconds"] == 1
+    time.sleep(1.2)  # the holder's idle TTL lives in Redis' own clock
+    body = device_status(env, token, DEVICE_B).get_json()
+    assert body["device_can_use"] is True and body["held_by_other_device"] is False
+    assert env.get("certificates/filter", token=token, device=DEVICE_B).status_code == 200
+
+
+def test_with_redis_up_but_no_holder_cached_the_database_decides_as_a_request_would(env, token):
+    """After a Redis restart the holder is only in the database: status and the next request agree."""
+    from zenzefi_backend.proxy import state
+
+    assert env.get("certificates/filter", token=token, device=DEVICE_A).status_code == 200
+    env.flush_counters()
+    with env.ctx():
+        state.redis_state.client.delete(state.HOLDER_KEY + token["id"])
+    body = device_status(env, token, DEVICE_B).get_json()
+    assert body["device_can_use"] is False and body["held_by_other_device"] is True
+    assert 1 <= body["retry_after_seconds"] <= 300
+    assert_error(env.get("certificates/filter", token=token, device=DEVICE_B), 409)
+
+
+@pytest.mark.parametrize("device", ["", "short", "has space in it", "x" * 256, "semi;colon-0123"])
+def test_a_malformed_device_id_is_400_as_for_the_proxy(env, token, via, device):
+    response = device_status(env, token, device)
+    proxied = env.get("certificates/filter", token=token, device=device)
+    assert assert_error(response, 400) == assert_error(proxied, 400)
+    unknown = env.client.get("/api/v1/proxy/status", headers={"X-Access-Token": "n" * 64, "X-Device-ID": device})
+    assert_error(unknown, 400)  # the proxy's order: the device header is checked before the token
+    assert env.sessions(token) == []
+
+
+def test_an_invalid_token_is_401_with_a_device_too(env, token, via):
+    assert env.revoke(token).status_code == 200
+    assert_error(device_status(env, token, DEVICE_A), 401)
+
+
+def test_the_openapi_document_describes_the_device_fields(env):
+    document = env.client.get("/openapi.json").get_json()
+    operation = document["paths"]["/api/v1/proxy/status"]["get"]
+    [device] = [p for p in operation["parameters"] if p["name"] == "X-Device-ID"]
+    assert device["in"] == "header" and device["required"] is False
+    assert {"400", "401"} <= set(operation["responses"])
+    schema = document["components"]["schemas"]["ProxyStatus"]
+    assert set(schema["properties"]) >= DEVICE_FIELDS
+    assert not DEVICE_FIELDS & set(schema.get("required", []))
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unknown", "revoked", "expired-in-db", "expired-by-clock",

@@ -1,8 +1,10 @@
 """Forwarding to the upstream: streamed both ways, bytes untouched, headers cleaned, redirects passed back."""
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -15,6 +17,8 @@ from requests.hooks import default_hooks
 from requests.structures import CaseInsensitiveDict
 from requests.utils import requote_uri
 from urllib3 import PoolManager
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError, LocationValueError
 from urllib3.util import SKIP_HEADER, parse_url
 
@@ -29,6 +33,10 @@ OUR_CREDENTIALS = frozenset({"x-access-token", "x-device-id"})
 REQUEST_ONLY = frozenset({"host", "content-length"})
 # Idle upstream connections each thread keeps: a thread forwards one request at a time.
 THREAD_POOL_MAXSIZE = 2
+# RFC 9110 §5.1: a field name is a token. RFC 9110 §5.5: CR, LF and NUL (and the other controls but HTAB, which
+# gunicorn would refuse with a 500) must not be forwarded in a field value.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class UpstreamUnreachable(ZenzefiError):
@@ -66,6 +74,52 @@ class NoCookies(RequestsCookieJar):
         return None
 
 
+class _HeadLines:
+    """The upstream socket's file while the response head is read: a bare CR (RFC 9112 §2.2) becomes a space.
+    Python's e-mail parser, which http.client uses for the header block, ends a line at a bare CR, so
+    `X: a<CR>Set-Cookie: b` would otherwise come out as two fields."""
+
+    __slots__ = ("_fp",)
+
+    def __init__(self, fp) -> None:
+        self._fp = fp
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._fp.readline(limit)
+        if line.find(b"\r", 0, len(line) - 2) != -1 or line.endswith(b"\r"):
+            ending = b"\r\n" if line.endswith(b"\r\n") else b"\n" if line.endswith(b"\n") else b""
+            content = line[:len(line) - len(ending)].replace(b"\r", b" ")
+            # Trailing spaces are no part of a value; but a line of spaces stays one (an empty line ends the head).
+            line = (content.rstrip(b" \t") or content) + ending
+        return line
+
+
+class _UpstreamHTTPResponse(http.client.HTTPResponse):
+    def begin(self) -> None:
+        fp = self.fp
+        self.fp = _HeadLines(fp)
+        try:
+            super().begin()
+        finally:
+            self.fp = fp
+
+
+class _UpstreamConnection(HTTPConnection):
+    response_class = _UpstreamHTTPResponse
+
+
+class _UpstreamTLSConnection(HTTPSConnection):
+    response_class = _UpstreamHTTPResponse
+
+
+class _UpstreamPool(HTTPConnectionPool):
+    ConnectionCls = _UpstreamConnection
+
+
+class _UpstreamTLSPool(HTTPSConnectionPool):
+    ConnectionCls = _UpstreamTLSConnection
+
+
 class ForwardingAdapter(HTTPAdapter):
     """requests' adapter minus what a direct connection to a fixed upstream never needs: the proxy lookups
     (done twice per request) and the per-response cookie jar filled from `Set-Cookie` (nobody reads it)."""
@@ -77,6 +131,7 @@ class ForwardingAdapter(HTTPAdapter):
         if pools is None:
             pools = local.pools = PoolManager(num_pools=self._pool_connections, maxsize=THREAD_POOL_MAXSIZE,
                                               block=False)
+            pools.pool_classes_by_scheme = {"http": _UpstreamPool, "https": _UpstreamTLSPool}
         return pools
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
@@ -241,8 +296,10 @@ def relay(answer: requests.Response, upstream_base: str, on_done: Callable[[int]
     headers = []
     for name, value in raw_headers.items():
         lowered = name.lower()
-        if lowered in dropped:
+        if lowered in dropped or not _FIELD_NAME.fullmatch(name):
             continue
+        if not value.isprintable() and _CONTROL.search(value):  # NUL, an LF fold, any other control but HTAB
+            value = _CONTROL.sub(" ", value).strip(" ")
         if lowered == "location":
             value = rewrite_location(value, upstream_base)
         headers.append((name, value))

@@ -3,6 +3,12 @@
 The upstream URL is always the fixed base plus the path exactly as the client sent it — but only after
 decoding it until it is stable shows nothing that could climb out of, or sneak around, the scope:
 no `.`/`..` segment, no `//`, no backslash, no NUL, and no encoded `/` at any decoding level.
+
+The upstream is a Java servlet application, whose container reads more into a path than RFC 3986 does:
+Tomcat and Jetty cut `;`-parameters off every segment (`..;x` is `..`), old Jetty decodes `%u002e`, and
+Windows trims trailing dots and spaces off a name (`.. ` or `...` may end up `..` or empty). So a path is also
+refused when it contains `;` in any encoding, a `%uXXXX` escape or a control character, and every segment made
+of nothing but dots and spaces counts as a dot segment.
 """
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ from werkzeug.routing import BaseConverter
 PROXY_PREFIX = "/api/v1/proxy"
 MAX_DECODE_ROUNDS = 8
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
+# In the decoded path: a backslash, `;` (servlet path parameters), a control character, or `%uXXXX`.
+_REFUSED = re.compile(r"[\\;\x00-\x1f\x7f]|%[uU][0-9a-fA-F]{4}")
+# A segment of nothing but dots and spaces (looked for only when a segment starts with one of them).
+_DOT_SEGMENT = re.compile(r"(?:^|/)[. ]+(?:/|$)")
 
 CERTIFICATES_ONLY_PREFIXES = (
     "certificates/filter",
@@ -63,9 +73,9 @@ def canonical(subpath: str) -> str:
         current = decoded
     else:
         raise NotCanonical("too deeply encoded")
-    if "\\" in current or "\x00" in current or "//" in current or current.startswith("/"):
-        raise NotCanonical("separator")
-    if any(segment in (".", "..") for segment in current.split("/")):
+    if _REFUSED.search(current) or "//" in current or current.startswith("/"):
+        raise NotCanonical("separator, path parameter or control character")
+    if (current[:1] in ". " or "/." in current or "/ " in current) and _DOT_SEGMENT.search(current):
         raise NotCanonical("dot segment")
     return current
 

@@ -28,12 +28,16 @@ def count(response):
 
 
 @blp.route("/status")
-@blp.doc(security=ACCESS_TOKEN)
+@blp.doc(security=ACCESS_TOKEN, parameters=[{
+    **DEVICE_HEADER, "required": False,
+    "description": "Optional: also say whether this device can use the token now (`device_can_use`, "
+                   "`held_by_other_device`, `retry_after_seconds`, `available_at`). Malformed → 400."}])
 @blp.response(200, ProxyStatusSchema)
-@errors(401)
+@errors(400, 401)
 def status():
-    """Is this access token usable? Never starts the token's clock and never claims the device"""
-    return services.status_of(request.headers.get("X-Access-Token"))
+    """Is this access token usable (and, with X-Device-ID, by this device now)? Never starts the token's clock and
+    never claims the device"""
+    return services.status_of(request.headers.get("X-Access-Token"), request.headers.get("X-Device-ID"))
 
 
 @blp.route("", methods=FORWARDED_METHODS, defaults={"subpath": ""}, endpoint="forward_root", merge_slashes=False)

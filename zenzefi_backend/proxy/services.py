@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -54,7 +54,8 @@ class InvalidAccessToken(Unauthorized):
 
 
 class PathNotCanonical(BadRequest):
-    message = "This path is not allowed (dot segments, '//', backslashes and encoded slashes are refused)."
+    message = ("This path is not allowed (dot segments, '//', backslashes, encoded slashes, ';' and control "
+               "characters are refused).")
 
 
 class OutsideScope(Forbidden):
@@ -71,6 +72,7 @@ class Admission:
     user: UserState
     session_id: str
     via_redis: bool
+    token_hash: str  # the secret's hash this request was admitted with (a gift may rotate it meanwhile)
 
 
 def _check_headers(secret: str | None, device_id: str | None) -> None:
@@ -143,7 +145,8 @@ def _admit_with_redis(runtime: ProxyRuntime, token_hash: str, device_id: str, pa
         verdict = reply[0]
         if verdict == "ok":
             _VALIDATIONS[cache_result].inc()
-            return Admission(TokenState.loads(reply[1]), UserState.loads(reply[2]), reply[3], via_redis=True)
+            return Admission(TokenState.loads(reply[1]), UserState.loads(reply[2]), reply[3], via_redis=True,
+                             token_hash=token_hash)
         if verdict == "token_miss":
             cache_result = "cache_miss"
             with runtime.app_context():
@@ -219,12 +222,14 @@ def _admit_with_database(token_hash: str, device_id: str, path_ok: bool, certifi
     retry_after = _local_rate.hit(token.id, limits.get(user.plan, limits["free"]))
     if retry_after is not None:
         raise ProxyRateLimited(retry_after)
-    return Admission(token, user, str(session_id), via_redis=False)
+    return Admission(token, user, str(session_id), via_redis=False, token_hash=token_hash)
 
 
 def activate_if_first_use(runtime: ProxyRuntime, admission: Admission) -> None:
-    """The clock starts on the first request the upstream answered; concurrent first requests agree on one start."""
-    if admission.token.activated_at:
+    """The clock starts on the first request the upstream answered; concurrent first requests agree on one start.
+    Only while the token still has the secret the request was admitted with: a gift that rotated it meanwhile
+    wins, and the recipient's first request starts the clock."""
+    if admission.token.activated_us:
         return
     with runtime.app_context():
         _activate(admission)
@@ -235,7 +240,8 @@ def _activate(admission: Admission) -> None:
     moment = now()
     started = db.session.execute(
         sa.update(AccessToken)
-        .where(AccessToken.id == token.token_id, AccessToken.activated_at.is_(None))
+        .where(AccessToken.id == token.token_id, AccessToken.activated_at.is_(None),
+               AccessToken.token_hash == admission.token_hash)
         .values(activated_at=moment, expires_at=moment + timedelta(hours=token.duration_hours))
         .returning(AccessToken.id)
         .execution_options(synchronize_session=False)
@@ -261,8 +267,11 @@ def record_bytes_out(runtime: ProxyRuntime, admission: Admission, count: int) ->
         sessions.add_bytes_out(uuid.UUID(admission.session_id), count)
 
 
-def status_of(secret: str | None) -> dict[str, Any]:
-    """What `/proxy/status` shows; never activates and never touches the device holder."""
+def status_of(secret: str | None, device_id: str | None = None) -> dict[str, Any]:
+    """What `/proxy/status` shows; never activates and never touches the device holder. With a device id, also
+    whether that device could use the token now (the device rule), in the proxy's check order."""
+    if device_id is not None and not DEVICE_ID.fullmatch(device_id):
+        raise MalformedDeviceId()
     if not secret:
         raise MissingAccessToken()
     token_hash = hash_secret(secret)
@@ -281,12 +290,37 @@ def status_of(secret: str | None) -> dict[str, Any]:
         raise _invalid()
     expires = token.expires
     remaining = (expires - moment) if expires else timedelta(hours=token.duration_hours)
-    return {
+    status = {
         "connected": True, "user_id": token.user_id, "token_id": token.id, "scope": token.scope,
-        "is_activated": bool(token.activated_at), "status": "active" if token.activated_at else "ready",
+        "is_activated": bool(token.activated_us), "status": "active" if token.activated_us else "ready",
         "duration_hours": token.duration_hours, "expires_at": expires,
         "time_remaining_seconds": max(0, int(remaining.total_seconds())),
     }
+    if device_id is not None:
+        status.update(_device_use(token, device_id, moment))
+    return status
+
+
+def _device_use(token: TokenState, device_id: str, moment: datetime) -> dict[str, Any]:
+    """The device rule as the next proxied request would meet it: Redis' holder when there is one, else the
+    database's active session (what `sessions.claim` decides), never claiming anything."""
+    holder = None
+    if redis_state.available():
+        try:
+            holder = redis_state.holder(token.id)
+        except RedisError:
+            redis_state.failed()
+    if holder is not None:
+        held_by, ttl_ms = holder
+        held = None if held_by == device_id else timedelta(milliseconds=max(ttl_ms, 0))
+    else:
+        held = sessions.held_by_another_device(token.token_id, device_id)
+    if held is None:
+        return {"device_can_use": True, "held_by_other_device": False, "retry_after_seconds": None,
+                "available_at": None}
+    idle = current_app.config["SESSION_IDLE_SECONDS"]
+    return {"device_can_use": False, "held_by_other_device": True,
+            "retry_after_seconds": sessions.wait_seconds(held.total_seconds(), idle), "available_at": moment + held}
 
 
 def _cached(token_hash: str) -> tuple[TokenState | None, UserState | None]:

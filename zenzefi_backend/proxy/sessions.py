@@ -25,17 +25,37 @@ from .state import DIRTY_SESSIONS, SESSION_KEY, redis_state, release_holder
 CLAIM_ATTEMPTS = 3
 
 
+def wait_seconds(remaining_seconds: float, idle_seconds: int) -> int:
+    """What Retry-After says while another device holds the token: whole seconds, rounded up, 1 … idle."""
+    return min(idle_seconds, max(1, math.ceil(remaining_seconds)))
+
+
 class DeviceInUse(TryAgainLater):
     code = 409
     message = "This token is in use on another device. Try again when that device has been idle."
 
     def __init__(self, retry_after_seconds: float, *, idle_seconds: int | None = None):
         idle = current_app.config["SESSION_IDLE_SECONDS"] if idle_seconds is None else idle_seconds
-        super().__init__(min(idle, max(1, math.ceil(retry_after_seconds))))
+        super().__init__(wait_seconds(retry_after_seconds, idle))
 
 
 def idle_timeout() -> timedelta:
     return timedelta(seconds=current_app.config["SESSION_IDLE_SECONDS"])
+
+
+def _held_for(active: ProxySession | None, device_id: str, moment: datetime) -> timedelta | None:
+    """How much longer the active session keeps `device_id` out; None if the device may use the token now."""
+    if active is None or active.device_id == device_id:
+        return None
+    remaining = idle_timeout() - max(moment - active.last_activity, timedelta(0))
+    return remaining if remaining > timedelta(0) else None
+
+
+def held_by_another_device(token_id: uuid.UUID, device_id: str) -> timedelta | None:
+    """What `claim` would decide for this device now, read only: nothing is locked, opened or closed."""
+    active = db.session.scalar(
+        sa.select(ProxySession).where(ProxySession.token_id == token_id, ProxySession.is_active.is_(True)))
+    return _held_for(active, device_id, now())
 
 
 def _active_session(token_id: uuid.UUID) -> ProxySession | None:
@@ -71,10 +91,10 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
             db.session.commit()
             return active.id
         if active is not None:
-            idle_for = max(moment - active.last_activity, timedelta(0))
-            if idle_for < idle:
+            held = _held_for(active, device_id, moment)
+            if held is not None:
                 db.session.rollback()
-                raise DeviceInUse((idle - idle_for).total_seconds())
+                raise DeviceInUse(held.total_seconds())
             _close(active, moment, "idle")
             db.session.flush()
         session = ProxySession(

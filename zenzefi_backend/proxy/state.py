@@ -22,7 +22,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
@@ -33,6 +33,7 @@ from ..accounts.models import User
 from ..database import db
 from ..extensions import get_redis
 from ..tokens.models import AccessToken
+from .models import ProxySession
 
 PREFIX = "zenzefi:proxy:"
 TOKEN_KEY = PREFIX + "token:"  # + sha256 of the secret
@@ -56,9 +57,10 @@ log = logging.getLogger(__name__)
 
 # One round trip for a warm request: token, owner, path verdicts, device holder, rate limit, counters —
 # in the order SPEC §3.6 checks them. Python handles every answer other than 'ok'. First, whatever verdict
-# follows, it adds the bytes_out this process has pending (ARGV[14], [15], … as session id, count pairs).
+# follows, it adds the bytes_out this process has pending (ARGV[15], [16], … as session id, count pairs).
+# Times: ARGV[2] is now in epoch ms (session activity), ARGV[14] in epoch µs (expiry, as precise as the database).
 ADMIT = """
-for i = 14, #ARGV, 2 do
+for i = 15, #ARGV, 2 do
   redis.call('HINCRBY', ARGV[11] .. ARGV[i], 'bytes_out', ARGV[i + 1])
   redis.call('SADD', ARGV[13], ARGV[i])
 end
@@ -69,8 +71,8 @@ local token = cjson.decode(raw)
 local user_raw = redis.call('GET', ARGV[1] .. token.user_id)
 if not user_raw then return {'user_miss', raw} end
 local user = cjson.decode(user_raw)
-local now_ms = tonumber(ARGV[2])
-if token.revoked == 1 or user.active == 0 or (token.expires_at > 0 and now_ms >= token.expires_at) then
+local expires_us = token.expires_us or token.expires_at * 1000
+if token.revoked == 1 or user.active == 0 or (expires_us > 0 and tonumber(ARGV[14]) >= expires_us) then
   return {'invalid', raw, user_raw}
 end
 if ARGV[3] ~= '1' then return {'bad_path', raw, user_raw} end
@@ -107,12 +109,21 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _epoch_ms(moment: datetime | None) -> int:
-    return 0 if moment is None else int(moment.timestamp() * 1000)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def _moment(epoch_ms: int) -> datetime | None:
-    return None if not epoch_ms else datetime.fromtimestamp(epoch_ms / 1000, UTC)
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _epoch_us(moment: datetime | None) -> int:
+    """Exact integer microseconds (no float on the way), so a cached time equals the database's."""
+    return 0 if moment is None else (moment - _EPOCH) // _MICROSECOND
+
+
+def _moment(epoch_us: int) -> datetime | None:
+    return None if not epoch_us else _EPOCH + epoch_us * _MICROSECOND
 
 
 # Replace a cached token with fresher database state, but never over a revoke's tombstone.
@@ -124,24 +135,38 @@ return 1
 """
 
 
+# A retired secret's tombstone, and the token's holder deleted unless it is the session ARGV[3] ('' = any holder).
+RETIRE = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local holder = redis.call('GET', KEYS[2])
+if holder and (ARGV[3] == '' or string.sub(holder, string.find(holder, '\\n', 1, true) + 1) ~= ARGV[3]) then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class TokenState:
     id: str
     user_id: str
     scope: str
     duration_hours: int
-    activated_at: int  # epoch ms, 0 = not yet
-    expires_at: int  # epoch ms, 0 = not yet
+    activated_us: int  # epoch µs, 0 = not yet
+    expires_us: int  # epoch µs, 0 = not yet
     revoked: int  # 0/1 (Lua-friendly)
 
     @classmethod
     def of(cls, token: AccessToken) -> TokenState:
         return cls(str(token.id), str(token.user_id), token.scope, token.duration_hours,
-                   _epoch_ms(token.activated_at), _epoch_ms(token.expires_at), int(token.revoked_at is not None))
+                   _epoch_us(token.activated_at), _epoch_us(token.expires_at), int(token.revoked_at is not None))
 
     @classmethod
     def loads(cls, raw: str | bytes) -> TokenState:
-        return cls(**json.loads(raw))
+        data = json.loads(raw)
+        if "expires_at" in data:  # cached (for TOKEN_TTL_SECONDS at most) by the version that kept milliseconds
+            data["activated_us"], data["expires_us"] = data.pop("activated_at") * 1000, data.pop("expires_at") * 1000
+        return cls(**data)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -156,14 +181,14 @@ class TokenState:
 
     @property
     def activated(self) -> datetime | None:
-        return _moment(self.activated_at)
+        return _moment(self.activated_us)
 
     @property
     def expires(self) -> datetime | None:
-        return _moment(self.expires_at)
+        return _moment(self.expires_us)
 
     def usable_at(self, moment: datetime) -> bool:
-        return not self.revoked and not (self.expires_at and _epoch_ms(moment) >= self.expires_at)
+        return not self.revoked and not (self.expires_us and _epoch_us(moment) >= self.expires_us)
 
 
 @dataclass(frozen=True)
@@ -243,7 +268,7 @@ class RedisState:
         now_ms = _epoch_ms(moment)
         args = [TOKEN_KEY + token_hash, USER_KEY, now_ms, int(path_ok), int(certificate_path), HOLDER_KEY, device_id,
                 idle_seconds * 1000, RATE_KEY, now_ms // 60000, rate_limits_json, SESSION_KEY, bytes_in,
-                DIRTY_SESSIONS]
+                DIRTY_SESSIONS, _epoch_us(moment)]
         for session_id, count in bytes_out:
             args += (session_id, count)
         try:
@@ -279,6 +304,14 @@ class RedisState:
         """Claim the token for a device; False if another request claimed it first."""
         idle_ms = current_app.config["SESSION_IDLE_SECONDS"] * 1000
         return bool(self.client.set(HOLDER_KEY + token_id, f"{device_id}\n{session_id}", nx=True, px=idle_ms))
+
+    def holder(self, token_id: str) -> tuple[str, int] | None:
+        """(device id, milliseconds until it lapses) of the device holding the token in Redis, if any."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(HOLDER_KEY + token_id)
+        pipe.pttl(HOLDER_KEY + token_id)
+        value, ttl_ms = pipe.execute()
+        return None if value is None else (value.decode().partition("\n")[0], ttl_ms)
 
     def holder_exists(self, token_id: uuid.UUID) -> bool:
         return bool(self.client.exists(HOLDER_KEY + str(token_id)))
@@ -373,19 +406,28 @@ def _invalidate(action) -> None:
         redis_state.failed()  # the cache is dropped before Redis is used again; the sweep repeats this too
 
 
-def mark_revoked(token: AccessToken, *, secret_hash: str | None = None) -> None:
+def mark_revoked(token: AccessToken) -> None:
     """After a revoke: a tombstone (not a mere delete, which a concurrent cache fill could undo) and the
-    device released, so the very next request is refused. `secret_hash` retires a secret the token no longer
-    has (a gift rotates it): the old secret is refused while the token's new one is untouched."""
+    device released, so the very next request is refused."""
     state = replace(TokenState.of(token), revoked=1)
 
     def write(client: Redis) -> None:
         pipe = client.pipeline(transaction=False)
-        pipe.set(TOKEN_KEY + (secret_hash or token.token_hash), state.dumps(), ex=TOKEN_TTL_SECONDS)
+        pipe.set(TOKEN_KEY + token.token_hash, state.dumps(), ex=TOKEN_TTL_SECONDS)
         pipe.delete(HOLDER_KEY + str(token.id))
         pipe.execute()
 
     _invalidate(write)
+
+
+def mark_secret_retired(token: AccessToken, secret_hash: str, current_session_id: uuid.UUID | None = None) -> None:
+    """After a gift rotated the secret (and again from the sweep): the old secret's tombstone, and the giver's
+    device released — unless the holder is `current_session_id`, the token's active session in the database
+    (the recipient's by then, whom the sweep must not disturb). The token's new secret is untouched."""
+    state = replace(TokenState.of(token), revoked=1)
+    _invalidate(lambda client: client.eval(
+        RETIRE, 2, TOKEN_KEY + secret_hash, HOLDER_KEY + str(token.id), state.dumps(), TOKEN_TTL_SECONDS,
+        "" if current_session_id is None else str(current_session_id)))
 
 
 def mark_inactive(user: User) -> None:
@@ -409,12 +451,19 @@ def release_holder(token_id: uuid.UUID) -> None:
 
 
 def reassert_recent_invalidations(since: datetime) -> int:
-    """Write the tombstones of recent revokes and deactivations again (periodic sweep): a process that
-    could not reach Redis at the time cannot leave a stale 'valid' entry behind for long."""
+    """Write the tombstones of recent revokes, gifts' retired secrets and deactivations again (periodic sweep): a
+    process that could not reach Redis at the time cannot leave a stale 'valid' entry behind for long."""
     tokens = db.session.scalars(sa.select(AccessToken).where(AccessToken.revoked_at >= since)).all()
+    gifted = db.session.execute(
+        sa.select(AccessToken, ProxySession.id)
+        .outerjoin(ProxySession, sa.and_(ProxySession.token_id == AccessToken.id, ProxySession.is_active.is_(True)))
+        .where(AccessToken.gifted_at >= since, AccessToken.retired_token_hash.is_not(None))
+    ).all()
     users = db.session.scalars(sa.select(User).where(User.is_active.is_(False), User.updated_at >= since)).all()
     for token in tokens:
         mark_revoked(token)
+    for token, current_session_id in gifted:
+        mark_secret_retired(token, token.retired_token_hash, current_session_id)
     for user in users:
         mark_inactive(user)
-    return len(tokens) + len(users)
+    return len(tokens) + len(gifted) + len(users)

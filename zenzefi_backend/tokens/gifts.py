@@ -4,9 +4,10 @@ Only a token its owner never used can be gifted (`ready`: not activated, not rev
 DB transaction: the token row, then the owner's row (`ledger.lock_user`, the lock every money operation and
 auto-renewal take, in the same token → user order) are locked; the daily limit is counted under that lock, so
 it is exact however many gifts run at once; a conditional UPDATE (which also guards where rows can't be locked,
-SQLite) rotates the secret and marks the token gifted; the giver's open proxy session, if any, is closed; the
-`gift_received` e-mail (always sent, sealed at rest) and the audit row are written. After the commit the old
-secret is tombstoned in the proxy cache, so it is refused on the very next request.
+SQLite) rotates the secret (keeping the old one's hash as `retired_token_hash`) and marks the token gifted; the
+giver's open proxy session, if any, is closed; the `gift_received` e-mail (always sent, sealed at rest) and the
+audit row are written. After the commit the old secret is tombstoned in the proxy cache, so it is refused on the
+very next request; the proxy sweep writes that tombstone again while the gift is recent (a Redis blip).
 
 The token stays the giver's in the database (the recipient uses it through its secret; the proxy reports the
 giver's `user_id`), can no longer be revoked for a refund, and is never auto-renewed.
@@ -75,7 +76,7 @@ def _rotate(token: AccessToken, old_hash: str, secret: str, recipient: str, mome
         .where(AccessToken.id == token.id, AccessToken.token_hash == old_hash, AccessToken.activated_at.is_(None),
                AccessToken.revoked_at.is_(None), AccessToken.gifted_at.is_(None))
         .values(token_hash=hash_secret(secret), token_hint=hint_for(secret), gifted_to_email=recipient,
-                gifted_at=moment)
+                gifted_at=moment, retired_token_hash=old_hash)
         .execution_options(synchronize_session=False)
     ).rowcount == 1
 
@@ -107,8 +108,9 @@ def gift_token(user: User, token_id: uuid.UUID, recipient_email: str) -> dict[st
     # The old secret is refused from the very next request: a revoked tombstone keyed by the OLD hash, which
     # no concurrent cache fill (SET NX) or refresh overwrites — a plain delete could be undone by a request
     # that read the database just before our commit. It also frees the giver's device; the new secret's
-    # cache entry is left alone, so the recipient is not locked out.
-    proxy_state.mark_revoked(token, secret_hash=old_hash)
+    # cache entry is left alone, so the recipient is not locked out. If Redis cannot be reached now, the proxy
+    # sweep repeats this from `retired_token_hash`.
+    proxy_state.mark_secret_retired(token, old_hash)
     if email_id is not None:
         enqueue_email(email_id)
     return {"token_id": token.id, "recipient_email": recipient, "gifted_at": moment}

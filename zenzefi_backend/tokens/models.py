@@ -54,6 +54,9 @@ class AccessToken(UUIDPrimaryKey, db.Model):
     # Set once by a gift (SPEC §3.9): the secret was rotated and e-mailed there; the owner stays the giver.
     gifted_to_email: Mapped[str | None] = mapped_column(sa.String(255))
     gifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The SHA-256 of the secret the gift replaced: the proxy sweep tombstones it again while the gift is recent, so
+    # a Redis blip at gift time cannot leave it cached as valid (as revoked_at does for a revoke).
+    retired_token_hash: Mapped[str | None] = mapped_column(sa.String(64))
 
     def status_at(self, moment: datetime) -> str:
         if self.revoked_at is not None:
