@@ -11,6 +11,7 @@ STRONG = "q8Zr-2vLk9Wx4Tn7Bc1Hy6Jm3Fd5Sg0Pa"
 
 def production(**env) -> dict:
     base = {"ZENZEFI_ENV": "production", "SECRET_KEY": STRONG, "JWT_SECRET_KEY": STRONG + "j",
+            "PAYMENT_PROVIDER": "gateway", "PAYMENT_GATEWAY_URL": "https://pay.example.com/checkout/{payment_id}",
             "PAYMENT_WEBHOOK_SECRET": STRONG + "p"}
     base.update(env)
     return base
