@@ -203,7 +203,9 @@ class YooKassaProvider(PaymentProvider):
             raise CallbackRejected("unknown_payment", "The payment is not one of ours.", status=404) from None
         claimed = HANDLED_EVENTS[event]
         if fetched.status != claimed:
-            raise CallbackRejected("status_mismatch",
+            # Both states are final, so a true notification always matches; the payment itself is left to
+            # YooKassa's real notification or to reconciliation.
+            raise CallbackRejected("not_paid_at_provider" if claimed == "succeeded" else "status_mismatch",
                                    f"YooKassa says the payment is {fetched.status}, not {claimed}.", status=422)
         # The state is final once succeeded or canceled, so one event per payment and state: a replay repeats it.
         return replace(fetched, event_id=f"yookassa:{fetched.provider_payment_id}:{claimed}", event_type=event)
