@@ -347,6 +347,12 @@ def reconcile_pending_payments() -> dict[str, int]:
             log.warning("payment provider unavailable during reconciliation; retrying next run",
                         extra={"provider": provider.name, "payment_id": str(payment_id)})
             break
+        except ZenzefiError as exc:  # an answer we cannot read: leave the payment pending, ask again next run
+            db.session.rollback()
+            counts["rejected"] += 1
+            log.error("unreadable provider answer during reconciliation",
+                      extra={"provider": provider.name, "payment_id": str(payment_id), "error": exc.message})
+            continue
         try:
             counts["settled"] += settle(verdict, provider.name, source="reconciliation")
         except (NotFound, ValidationFailed):  # audited by settle; an operator looks at it
