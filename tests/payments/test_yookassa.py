@@ -265,7 +265,7 @@ def test_a_payment_yookassa_does_not_know_is_404_and_audited(app, client, user, 
 def test_a_malformed_notification_is_400_and_audited(app, client, user, shop, raw):
     created = top_up(client, user)
     assert notify(client, shop, body=raw).status_code == 400
-    assert rejections(app, "malformed_body")
+    assert audits(app, "payment.webhook_malformed")
     assert_untouched(app, client, user, created["payment_id"])
 
 
@@ -379,6 +379,18 @@ def test_yookassa_down_during_reconciliation_loses_nothing_and_the_next_run_cred
         shop.start()
         assert reconcile(app)["settled"] == 1
     assert balance(client, user) == "100.00"
+
+
+def test_a_payment_yookassa_does_not_know_does_not_hold_up_the_others(app, client, user, shop):
+    stray = top_up(client, user)
+    del shop.payments[shop.payment_for(stray["payment_id"])["id"]]  # e.g. made with the shop's old credentials
+    paid = top_up(client, user)
+    shop.succeed(shop.payment_for(paid["payment_id"])["id"])
+    with clock.travel(timedelta(minutes=11)):
+        counts = reconcile(app)
+    assert (counts["checked"], counts["settled"], counts["unavailable"]) == (2, 1, 0)
+    assert status_of(client, user, stray["payment_id"]) == "pending"  # expires with the payment
+    assert status_of(client, user, paid["payment_id"]) == "succeeded"
 
 
 @pytest.mark.postgres

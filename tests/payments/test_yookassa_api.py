@@ -18,6 +18,7 @@ from yookassa.domain.common.security_helper import SecurityHelper
 from tests.e2e.harness import TcpRelay
 from tests.fixtures.fake_yookassa import YOOKASSA_NOTIFICATION_ADDRESS, FakeYooKassa
 from zenzefi_backend.clock import now
+from zenzefi_backend.errors import BadRequest
 from zenzefi_backend.payments.models import Payment
 from zenzefi_backend.payments.providers import (
     AmountNotAccepted,
@@ -345,9 +346,8 @@ def test_the_networks_come_from_the_configuration(settings, fake_yookassa, paid)
                  id="id with a query"),
 ])
 def test_malformed_notifications_are_400_and_never_reach_the_api(provider, fake_yookassa, raw):
-    with pytest.raises(CallbackRejected) as rejected:
+    with pytest.raises(BadRequest):
         provider.verify_callback(raw, {}, YOOKASSA_NOTIFICATION_ADDRESS)
-    assert (rejected.value.code, rejected.value.reason) == (400, "malformed_body")
     assert fake_yookassa.requests == []
 
 
@@ -382,12 +382,19 @@ def test_fetch_of_a_canceled_payment(provider, fake_yookassa):
     pytest.param({"metadata": {"payment_id": "42"}}, id="payment id not a uuid"),
     pytest.param({"id": "2419a771-000f-5000-9000-1edaf29243f2"}, id="another payment's id"),
 ])
-def test_an_answer_we_cannot_trust_is_no_answer(provider, fake_yookassa, tamper):
+def test_an_answer_we_cannot_trust_leaves_the_payment_pending(provider, fake_yookassa, tamper):
     payment = transient_payment()
     payment.provider_payment_id = provider.create_checkout(payment, None).provider_payment_id
+    fake_yookassa.succeed(payment.provider_payment_id)
     fake_yookassa.payments[payment.provider_payment_id].update(tamper)
-    with pytest.raises(ProviderUnavailable):
-        provider.fetch(payment)
+    verdict = provider.fetch(payment)
+    assert (verdict.status, verdict.payment_id, verdict.amount) == ("pending", payment.id, None)
+
+
+def test_a_payment_yookassa_does_not_know_stays_pending(provider, fake_yookassa):
+    payment = transient_payment(provider_payment_id="2419a771-000f-5000-9000-1edaf29243f2")
+    assert provider.fetch(payment).status == "pending"
+    assert len(fake_yookassa.api_requests("GET")) == 1
 
 
 def test_amounts_are_read_exactly_as_yookassa_writes_them(provider, fake_yookassa):

@@ -13,7 +13,6 @@ check by the next reconciliation run.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
 import uuid
@@ -37,8 +36,10 @@ from yookassa.domain.exceptions import (
 )
 from yookassa.domain.request import PaymentRequest
 
+from ...errors import BadRequest
 from ...money import format_amount
 from .base import CallbackRejected, Checkout, PaymentProvider, ProviderUnavailable, ProviderVerdict
+from .signed import strict_json
 
 if TYPE_CHECKING:
     from ..models import Payment
@@ -54,6 +55,7 @@ HANDLED_EVENTS = {"payment.succeeded": "succeeded", "payment.canceled": "cancele
 # YooKassa's ids are like 2419a771-000f-5000-9000-1edaf29243f2; anything else never reaches a URL path of ours.
 PAYMENT_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
 MAX_DESCRIPTION_LENGTH = 128
+MAX_EVENT_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class _UnusableAnswer(Exception):
     """The API answered 200 with something that is not a payment we can trust."""
 
 
-class UnexpectedAnswer(requests.RequestException):
+class _UnexpectedAnswer(requests.RequestException):
     """An error status whose body is not YooKassa's error JSON (a proxy's HTML page, say)."""
 
     def __init__(self, status: int):
@@ -91,7 +93,7 @@ class _ApiClient(ApiClient):
     def request(self, method: str = "", path: str = "", query_params: Any = None, headers: Any = None,
                 body: Any = None) -> Any:
         """As the library's, except that a transport failure stays a `requests` exception (the library's turns it
-        into an AttributeError) and an error answer that is not YooKassa's JSON is an `UnexpectedAnswer`."""
+        into an AttributeError) and an error answer that is not YooKassa's JSON is an `_UnexpectedAnswer`."""
         if isinstance(body, RequestObject):
             body = dict(body)
         answer = self.execute(body, method, path, query_params, self.prepare_request_headers(headers))
@@ -99,7 +101,7 @@ class _ApiClient(ApiClient):
             try:
                 self._ApiClient__handle_error(answer)  # raises the library's error class for the status
             except (ValueError, TypeError):  # not JSON, or not an object
-                raise UnexpectedAnswer(answer.status_code) from None
+                raise _UnexpectedAnswer(answer.status_code) from None
         return answer.json()
 
     def execute(self, body: Any, method: str, path: str, query_params: Any, request_headers: Any):
@@ -126,20 +128,6 @@ def _with_payment_id(return_url: str, payment_id: uuid.UUID) -> str:
     parts = urlsplit(return_url)
     added = urlencode({"payment_id": str(payment_id)})
     return urlunsplit(parts._replace(path=parts.path or "/", query=f"{parts.query}&{added}" if parts.query else added))
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    if len({key for key, _ in pairs}) != len(pairs):
-        raise ValueError("duplicate key")
-    return dict(pairs)
-
-
-def _printable(value: Any, limit: int) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
 
 
 class YooKassaProvider(PaymentProvider):
@@ -200,7 +188,8 @@ class YooKassaProvider(PaymentProvider):
         except NotFoundError:
             raise CallbackRejected("unknown_payment", "YooKassa knows no such payment.", status=404) from None
         except _UnusableAnswer:
-            raise CallbackRejected("unknown_payment", "The payment is not one of ours.", status=404) from None
+            raise CallbackRejected("unknown_payment", "YooKassa's answer names no payment of ours.",
+                                   status=404) from None
         claimed = HANDLED_EVENTS[event]
         if fetched.status != claimed:
             # Both states are final, so a true notification always matches; the payment itself is left to
@@ -211,14 +200,17 @@ class YooKassaProvider(PaymentProvider):
         return replace(fetched, event_id=f"yookassa:{fetched.provider_payment_id}:{claimed}", event_type=event)
 
     def fetch(self, payment: Payment) -> ProviderVerdict:
+        """The API's word on one payment. One YooKassa does not know, or describes in a way we cannot trust,
+        stays pending (an error for an operator) rather than stopping the reconciliation of all the others;
+        it expires with the payment."""
         try:
             return self._get(payment.provider_payment_id)
-        except NotFoundError as exc:
-            # Another shop's credentials, or a wrong API URL: nothing to act on, ask again next time.
-            raise self._unavailable("fetch", exc) from None
-        except _UnusableAnswer:
-            log.error("yookassa answered with a payment we cannot use", extra={"payment_id": str(payment.id)})
-            raise ProviderUnavailable() from None
+        except (NotFoundError, _UnusableAnswer) as exc:
+            log.error("yookassa has no usable answer about a payment", extra={
+                "payment_id": str(payment.id), "provider_payment_id": payment.provider_payment_id,
+                "error": type(exc).__name__})
+            return ProviderVerdict(provider_payment_id=payment.provider_payment_id, status="pending",
+                                   payment_id=payment.id)
 
     def _from_yookassa(self, client_ip: str | None) -> bool:
         try:
@@ -233,24 +225,20 @@ class YooKassaProvider(PaymentProvider):
     @staticmethod
     def _parse_notification(raw_body: bytes) -> tuple[str, str]:
         """`{"type": "notification", "event": "<name>", "object": {"id": "<YooKassa id>", …}}` or 400."""
-        try:
-            body = json.loads(raw_body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constants,
-                              object_pairs_hook=_unique_keys)
-        except (UnicodeDecodeError, ValueError):
-            raise CallbackRejected("malformed_body", "The notification is not valid JSON.") from None
+        body = strict_json(raw_body)
         if not isinstance(body, dict) or body.get("type") != "notification":
-            raise CallbackRejected("malformed_body", 'The notification must be an object of type "notification".')
+            raise BadRequest('The notification must be a JSON object of type "notification".')
         event, obj = body.get("event"), body.get("object")
-        if not _printable(event, 64):
-            raise CallbackRejected("malformed_body", "`event` must be 1 to 64 printable characters.")
+        if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_LENGTH or not event.isprintable():
+            raise BadRequest(f"`event` must be 1 to {MAX_EVENT_LENGTH} printable characters.")
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not PAYMENT_ID.match(obj["id"]):
-            raise CallbackRejected("malformed_body", "`object.id` must be a YooKassa id.")
+            raise BadRequest("`object.id` must be a YooKassa payment id.")
         return event, obj["id"]
 
-    def _get(self, provider_payment_id: str) -> ProviderVerdict:
+    def _get(self, provider_payment_id: str | None) -> ProviderVerdict:
         """GET /payments/{id}; amounts read as the decimal strings YooKassa sends (the library's models go
         through float)."""
-        if not PAYMENT_ID.match(provider_payment_id):
+        if not isinstance(provider_payment_id, str) or not PAYMENT_ID.match(provider_payment_id):
             raise _UnusableAnswer()
         try:
             answer = _ApiClient(self._settings).request(HttpVerb.GET,
