@@ -421,6 +421,21 @@ def test_stripe_down_during_reconciliation_is_retried_at_the_next_run(app, clien
     assert balance(client, user) == "100.00" and len(deposits(app)) == 1
 
 
+def test_a_session_stripe_does_not_know_does_not_hold_up_the_others(app, client, user, stripe_shop):
+    lost = top_up(client, user)
+    paid = top_up(client, user, amount_znc="50")
+    stripe_shop.fake.pay(session_id_of(app, paid), send=False)
+    with app.app_context():
+        row = db.session.get(Payment, uuid.UUID(lost["payment_id"]))
+        row.provider_payment_id = "cs_test_unknown_to_stripe"
+        row.created_at -= timedelta(seconds=1)  # asked about first
+        db.session.commit()
+    with clock.travel(timedelta(minutes=11)):
+        assert reconcile(app) == {"checked": 2, "settled": 1, "rejected": 0, "unavailable": 0}
+    assert status_of(client, user, lost["payment_id"]) == "pending"
+    assert balance(client, user) == "50.00"
+
+
 def test_reconciliation_asks_only_about_the_configured_providers_payments(app, client, user, fake_stripe,
                                                                           stripe_shop, monkeypatch):
     monkeypatch.setitem(app.config, "PAYMENT_PROVIDER", "mock")

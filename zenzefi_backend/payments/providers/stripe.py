@@ -119,6 +119,13 @@ class StripeProvider(PaymentProvider):
     def fetch(self, payment: Payment) -> ProviderVerdict:
         try:
             session = self._client().v1.checkout.sessions.retrieve(payment.provider_payment_id).to_dict()
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status != 404:
+                raise self._unavailable("checkout session retrieve", exc) from None
+            # One session Stripe does not know must not hold up the others: it stays pending for an operator.
+            log.error("stripe does not know the session of a pending payment",
+                      extra={"payment_id": str(payment.id), "request_id": exc.request_id})
+            return ProviderVerdict(provider_payment_id=payment.provider_payment_id, status="pending")
         except stripe.StripeError as exc:
             raise self._unavailable("checkout session retrieve", exc) from None
         return self._verdict(session, _status_of(session))
