@@ -107,6 +107,7 @@ def create_payment(user: User, amount_znc: Decimal, currency: str, return_url: s
         status="pending", provider=provider.name, return_url=return_url, created_at=created,
         expires_at=created + PAYMENT_LIFETIME,
     )
+    db.session.rollback()  # nothing is pending; no transaction (nor pooled connection) is held across the call
     try:
         checkout = provider.create_checkout(payment, return_url)
     except ProviderUnavailable:
@@ -115,7 +116,7 @@ def create_payment(user: User, amount_znc: Decimal, currency: str, return_url: s
     payment.provider_payment_id = checkout.provider_payment_id
     payment.payment_url = checkout.payment_url
     db.session.add(payment)
-    record("payment.created", actor_id=user.id, resource_type="payment", resource_id=payment.id,
+    record("payment.created", actor_id=payment.user_id, resource_type="payment", resource_id=payment.id,
            details={"amount_znc": format_amount(amount_znc), "currency": currency, "amount": format_amount(amount),
                     "provider": payment.provider})
     db.session.commit()
