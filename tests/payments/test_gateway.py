@@ -12,7 +12,16 @@ from zenzefi_backend.extensions import db
 from zenzefi_backend.payments import services
 from zenzefi_backend.payments.models import Payment
 
-from .helpers import assert_ledger_consistent, assert_untouched, balance, create_payment, deposits, event, status_of
+from .helpers import (
+    assert_ledger_consistent,
+    assert_untouched,
+    balance,
+    count,
+    create_payment,
+    deposits,
+    event,
+    status_of,
+)
 
 GATEWAY_URL = "https://pay.example.com/checkout/{payment_id}?amount={amount}&currency={currency}&back={return_url}"
 PROCESSED = {"received": True, "processed": True}
@@ -74,3 +83,10 @@ def test_the_providers_endpoint_names_the_gateway(client, gateway):
     assert client.get("/api/v1/currency/providers").get_json() == {
         "provider": "gateway", "available": True, "currencies": ["RUB", "USD", "EUR"], "minimums": {},
         "reconciles": False}
+
+
+def test_a_return_url_too_long_for_the_gateways_checkout_url_is_422(app, client, user, gateway):
+    response = create_payment(client, user, return_url="https://app.example/" + "%20" * 600)
+    assert response.status_code == 422, response.get_json()
+    assert "return_url" in response.get_json()["errors"]
+    assert count(app, Payment) == 0

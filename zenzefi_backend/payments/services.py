@@ -30,7 +30,7 @@ from ..ledger import services as ledger
 from ..money import format_amount
 from ..notifications.outbox import emit
 from ..tokens.pricing import convert
-from .models import Payment, PaymentWebhookEvent
+from .models import MAX_PAYMENT_URL_LENGTH, Payment, PaymentWebhookEvent
 from .providers import CallbackRejected, PaymentProvider, ProviderUnavailable, ProviderVerdict, get_provider
 from .providers.mock import MockProvider
 
@@ -113,6 +113,9 @@ def create_payment(user: User, amount_znc: Decimal, currency: str, return_url: s
     except ProviderUnavailable:
         log.warning("payment provider unavailable at creation", extra={"provider": provider.name})
         raise
+    if len(checkout.payment_url) > MAX_PAYMENT_URL_LENGTH:  # a gateway template filled with a long return_url
+        raise ValidationFailed({"return_url": ["Too long for the provider's checkout URL."]}) if return_url \
+            else ProviderUnavailable()
     payment.provider_payment_id = checkout.provider_payment_id
     payment.payment_url = checkout.payment_url
     db.session.add(payment)
