@@ -11,12 +11,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from yookassa.domain.common.security_helper import SecurityHelper
 
 DEV_SECRET_PREFIX = "dev-insecure-"  # noqa: S105 - marks development defaults, never a real secret
 MIN_SECRET_LENGTH = 32
-PRODUCTION_SECRETS = ("SECRET_KEY", "JWT_SECRET_KEY", "PAYMENT_WEBHOOK_SECRET")
+PRODUCTION_SECRETS = ("SECRET_KEY", "JWT_SECRET_KEY")
+# Filled with a development default outside production when unset.
+DEFAULTED_SECRETS = (*PRODUCTION_SECRETS, "PAYMENT_WEBHOOK_SECRET")
+PAYMENT_PROVIDER_NAMES = ("mock", "gateway", "stripe", "yookassa")
+# What each provider cannot work without (SPEC §6); production names every one that is missing.
+PAYMENT_PROVIDER_CREDENTIALS: dict[str, tuple[str, ...]] = {
+    "mock": ("PAYMENT_WEBHOOK_SECRET",),
+    "gateway": ("PAYMENT_WEBHOOK_SECRET", "PAYMENT_GATEWAY_URL"),
+    "stripe": ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"),
+    "yookassa": ("YOOKASSA_SHOP_ID", "YOOKASSA_SECRET_KEY"),
+}
+GATEWAY_URL_PLACEHOLDER = "{payment_id}"
 WEAK_SECRETS = {"changeme", "secret", "password", "please-change-me"}
 # Swagger UI and ReDoc, pinned and served by us (ops/vendor_assets.py), so /docs and /redoc work offline.
 DOCS_ASSETS = "/static/vendor"
@@ -67,8 +82,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ZNC_RATE_RUB", Decimal, Decimal("10.00"), "RUB per ZNC."),
     Setting("ZNC_RATE_USD", Decimal, Decimal("0.11"), "USD per ZNC."),
     Setting("ZNC_RATE_EUR", Decimal, Decimal("0.10"), "EUR per ZNC."),
-    Setting("PAYMENT_WEBHOOK_SECRET", str, None, "HMAC key of the payment provider's webhook."),
-    Setting("MOCK_PAYMENTS_ENABLED", as_bool, None, "Mock provider and mock-purchase; default on except production."),
+    Setting("PAYMENT_PROVIDER", str, None,
+            "`mock`, `gateway`, `stripe` or `yookassa` (see Taking payments); required in production, "
+            "`mock` otherwise."),
+    Setting("PAYMENT_WEBHOOK_SECRET", str, None,
+            "HMAC key of the `X-Zenzefi-Signature` webhook (`gateway` and `mock`); 32+ random characters."),
+    Setting("PAYMENT_GATEWAY_URL", str, None,
+            "`gateway`: the operator's checkout URL with `{payment_id}` in it (https in production)."),
+    Setting("PAYMENT_PROVIDER_TIMEOUT", float, 10.0, "Seconds to wait for a payment provider's API (then 503)."),
+    Setting("STRIPE_API_KEY", str, None, "`stripe`: secret API key (`sk_live_…`, `sk_test_…` or a restricted `rk_…`)."),
+    Setting("STRIPE_WEBHOOK_SECRET", str, None, "`stripe`: the webhook endpoint's signing secret (`whsec_…`)."),
+    Setting("STRIPE_API_BASE", str, None, "`stripe`: API base URL; unset → Stripe's own (tests point it elsewhere)."),
+    Setting("YOOKASSA_SHOP_ID", str, None, "`yookassa`: shop id (`shopId`)."),
+    Setting("YOOKASSA_SECRET_KEY", str, None, "`yookassa`: secret key."),
+    Setting("YOOKASSA_API_URL", str, None,
+            "`yookassa`: API base URL; unset → YooKassa's own (tests point it elsewhere)."),
+    Setting("YOOKASSA_WEBHOOK_NETWORKS", as_list, list(SecurityHelper.YOOKASSA_NETWORKS),
+            "`yookassa`: comma-separated addresses/networks notifications may come from (default: the list "
+            "YooKassa publishes, as the `yookassa` library ships it)."),
+    Setting("MOCK_PAYMENTS_ENABLED", as_bool, None,
+            "Mock provider and mock-purchase; default on except production (there only for staging)."),
     Setting("SMTP_HOST", str, None, "SMTP server; unset → e-mails written as `.eml` under `instance/mail/`."),
     Setting("SMTP_PORT", int, 25, "SMTP port."),
     Setting("SMTP_USERNAME", str, None, "SMTP user (optional)."),
@@ -148,9 +181,9 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def _check_production_secrets(values: Mapping[str, Any]) -> None:
+def _secret_problems(values: Mapping[str, Any], names: tuple[str, ...]) -> list[str]:
     problems = []
-    for name in PRODUCTION_SECRETS:
+    for name in names:
         secret = values.get(name)
         if not secret:
             problems.append(f"{name} is missing")
@@ -161,8 +194,45 @@ def _check_production_secrets(values: Mapping[str, Any]) -> None:
             or len(set(secret)) < 8
         ):
             problems.append(f"{name} is weak (use {MIN_SECRET_LENGTH}+ random characters)")
-    if problems:
-        raise ConfigError("refusing to start in production: " + "; ".join(problems))
+    return problems
+
+
+def _payment_provider_problems(values: Mapping[str, Any], production: bool) -> list[str]:
+    """What the configured provider lacks (SPEC §6), each named; production also demands https and real secrets."""
+    provider = values.get("PAYMENT_PROVIDER")
+    if not provider:
+        return [f"PAYMENT_PROVIDER is missing (one of {', '.join(PAYMENT_PROVIDER_NAMES)})"]
+    if provider not in PAYMENT_PROVIDER_NAMES:
+        return [f"PAYMENT_PROVIDER must be one of {', '.join(PAYMENT_PROVIDER_NAMES)}, not {provider!r}"]
+    needed = PAYMENT_PROVIDER_CREDENTIALS[provider]
+    # The webhook secret is strength-checked in production and has a development default elsewhere.
+    problems = _secret_problems(values, ("PAYMENT_WEBHOOK_SECRET",)) if production and \
+        "PAYMENT_WEBHOOK_SECRET" in needed else []
+    problems += [f"{name} is missing" for name in needed if name != "PAYMENT_WEBHOOK_SECRET" and not values.get(name)]
+    gateway_url = values.get("PAYMENT_GATEWAY_URL")
+    if provider == "gateway" and gateway_url:
+        parts = urlsplit(gateway_url)
+        if GATEWAY_URL_PLACEHOLDER not in gateway_url or parts.scheme not in {"http", "https"} or not parts.netloc:
+            problems.append(f"PAYMENT_GATEWAY_URL must be an absolute URL containing {GATEWAY_URL_PLACEHOLDER}")
+        elif production and parts.scheme != "https":
+            problems.append("PAYMENT_GATEWAY_URL must use https in production")
+    if provider == "mock" and production and not values.get("MOCK_PAYMENTS_ENABLED"):
+        problems.append("PAYMENT_PROVIDER=mock needs MOCK_PAYMENTS_ENABLED=true (staging only)")
+    if provider == "stripe":
+        key, secret = values.get("STRIPE_API_KEY"), values.get("STRIPE_WEBHOOK_SECRET")
+        if key and not key.startswith(("sk_", "rk_")):
+            problems.append("STRIPE_API_KEY must be a secret key (sk_…) or a restricted key (rk_…)")
+        if secret and not secret.startswith("whsec_"):
+            problems.append("STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_…)")
+    return problems
+
+
+def _check_networks(values: Mapping[str, Any]) -> None:
+    for network in values.get("YOOKASSA_WEBHOOK_NETWORKS") or []:
+        try:
+            ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"YOOKASSA_WEBHOOK_NETWORKS: {network!r} is not an address or network") from None
 
 
 def build_config(
@@ -176,12 +246,18 @@ def build_config(
         raise ConfigError(f"ZENZEFI_ENV must be development, production or testing, not {env!r}")
     production = env == "production"
     _check_amounts(values)
-    if production:
-        _check_production_secrets(values)
-    for name in PRODUCTION_SECRETS:
-        values[name] = values.get(name) or f"{DEV_SECRET_PREFIX}{name.lower()}-do-not-use-in-production"
     if values.get("MOCK_PAYMENTS_ENABLED") is None:
         values["MOCK_PAYMENTS_ENABLED"] = not production
+    if not values.get("PAYMENT_PROVIDER") and not production:
+        values["PAYMENT_PROVIDER"] = "mock"
+    problems = (_secret_problems(values, PRODUCTION_SECRETS) if production else []) + \
+        _payment_provider_problems(values, production)
+    if problems:
+        raise ConfigError(("refusing to start in production: " if production else "refusing to start: ")
+                          + "; ".join(problems))
+    _check_networks(values)
+    for name in DEFAULTED_SECRETS:
+        values[name] = values.get(name) or f"{DEV_SECRET_PREFIX}{name.lower()}-do-not-use-in-production"
     if values.get("WEBHOOK_ALLOW_PRIVATE_TARGETS") is None:
         values["WEBHOOK_ALLOW_PRIVATE_TARGETS"] = not production
 

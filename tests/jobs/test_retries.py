@@ -34,7 +34,7 @@ def test_the_schedule_is_spec_section_4():
     assert every == {
         "health_check": 50,
         "proxy_sessions": 60, "relay_outbox": 60,
-        "expire_tokens": 300, "expire_payments": 300,
+        "expire_tokens": 300, "expire_payments": 300, "reconcile_payments": 300,
         "expiring_token_emails": 3600, "auto_renewal": 3600, "expire_plans": 3600, "purge_expired": 3600,
         "audit_retention": "03:00:00", "delivery_log_retention": "03:00:00",
     }

@@ -23,7 +23,7 @@ from .audit import audit_retention
 from .health import health_check
 from .maintenance import purge_expired_job
 from .notifications import delivery_log_retention, expiring_token_emails_job, relay_outbox_job
-from .payments import expire_pending_payments_job
+from .payments import expire_pending_payments_job, reconcile_payments_job
 from .plans import expire_plans_job
 from .proxy import sweep_proxy_sessions
 from .renewal import auto_renewal_job
@@ -83,6 +83,7 @@ SCHEDULE: tuple[Periodic, ...] = (
     Periodic("relay_outbox", relay_outbox_job, every_seconds=60),
     Periodic("expire_tokens", expire_tokens_job, every_seconds=300),
     Periodic("expire_payments", expire_pending_payments_job, every_seconds=300),
+    Periodic("reconcile_payments", reconcile_payments_job, every_seconds=300),
     Periodic("expiring_token_emails", expiring_token_emails_job, every_seconds=3600),
     Periodic("auto_renewal", auto_renewal_job, every_seconds=3600),
     Periodic("expire_plans", expire_plans_job, every_seconds=3600),

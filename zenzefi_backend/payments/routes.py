@@ -15,12 +15,14 @@ from ..money import format_amount
 from ..openapi import BEARER, IDEMPOTENCY_KEY, PUBLIC, Blueprint, errors
 from . import services
 from .models import Payment
+from .providers.signed import SIGNATURE_HEADER, SIGNATURE_TOLERANCE_SECONDS
 from .schemas import (
     MockPurchaseResultSchema,
     MockPurchaseSchema,
     PaymentCreatedSchema,
     PaymentCreateSchema,
     PaymentSchema,
+    ProvidersSchema,
     WebhookEventSchema,
     WebhookResultSchema,
 )
@@ -28,7 +30,8 @@ from .schemas import (
 blp = Blueprint("payments", __name__, url_prefix="/api/v1/currency",
                 description="Top-ups: buy ZNC through the payment provider (or instantly, in mock mode).")
 webhook_blp = Blueprint("payment-webhook", __name__, url_prefix="/api/v1/webhooks",
-                        description="Callbacks from the payment provider, signed with `PAYMENT_WEBHOOK_SECRET`.")
+                        description="Callbacks from the payment provider. Only the configured provider's path is "
+                                    "open (404 for the others); every rejection is audited.")
 mock_blp = Blueprint("mock-provider", __name__, url_prefix="/api/v1/payments/mock",
                      description="The mock payment provider's HTML checkout (mock mode only; 404 otherwise).")
 
@@ -55,13 +58,14 @@ class CurrencyPurchase(MethodView):
     @blp.response(201, PaymentCreatedSchema)
     @errors(401, 409, 422, 503)
     def post(self, body):
-        """Start a top-up: a pending payment and the URL where the customer pays it
+        """Start a top-up: a pending payment at the configured provider and the URL where the customer pays it
 
-        `amount` is `amount_znc` converted at the current rate into `currency` (RUB by default).
-        The balance is credited once the provider confirms the payment through its signed webhook;
-        unpaid payments expire after 24 h. Until a real provider is integrated the mock provider is the
-        only one: with `MOCK_PAYMENTS_ENABLED` off this answers 503 "No payment provider is configured"
-        and creates nothing.
+        `amount` is `amount_znc` converted at the current rate into `currency` (RUB by default). 422, before the
+        provider is asked, when the provider cannot take that amount or currency (its minimum, its currencies:
+        `GET /api/v1/currency/providers`). 503 and nothing stored when the provider cannot be reached (or, with
+        the `mock` provider, when `MOCK_PAYMENTS_ENABLED` is off: "No payment provider is configured").
+        The balance is credited once the provider confirms the payment (its callback, or the reconciliation job
+        asking it); unpaid payments expire after 24 h.
         """
         return services.create_payment(current_user, body["amount_znc"], body["currency"], body.get("return_url"))
 
@@ -95,29 +99,44 @@ class MockPurchase(MethodView):
         return services.mock_purchase(current_user, body["amount"])
 
 
+@blp.route("/providers")
+class Providers(MethodView):
+    @blp.doc(security=PUBLIC)
+    @blp.response(200, ProvidersSchema)
+    def get(self):
+        """The configured payment provider and the currencies it takes (no auth)"""
+        return services.providers_summary()
+
+
 SIGNATURE_PARAMETER = {
-    "name": services.SIGNATURE_HEADER,
+    "name": SIGNATURE_HEADER,
     "in": "header",
     "required": True,
     "schema": {"type": "string",
                "example": "t=1764000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"},
     "description": "`t=<unix seconds>,v1=<hex HMAC-SHA256(PAYMENT_WEBHOOK_SECRET, \"<t>.\" + raw body)>`; "
                    "several `v1` may be given (secret rotation), any match is enough. `t` must be within "
-                   f"{services.SIGNATURE_TOLERANCE_SECONDS} s of our clock.",
+                   f"{SIGNATURE_TOLERANCE_SECONDS} s of our clock.",
 }
 
 
-def _webhook_body() -> bytes:
+def _webhook_body(provider: str) -> bytes:
     """The raw bytes the signature covers; more than 64 KiB (declared or streamed) is a 413."""
     limit = services.MAX_WEBHOOK_BODY_BYTES
     if request.content_length is not None and request.content_length > limit:
-        raise services.reject_oversized_webhook(request.content_length)
+        raise services.reject_oversized_webhook(provider, request.content_length)
     # A chunked body has no declared length: read one byte past the limit to tell "too long" from "exact".
     request.max_content_length = limit + 1
     raw = request.get_data()
     if len(raw) > limit:
-        raise services.reject_oversized_webhook(request.content_length)
+        raise services.reject_oversized_webhook(provider, request.content_length)
     return raw
+
+
+def _callback(provider: str) -> dict[str, bool]:
+    # request.remote_addr is the client as ProxyFix found it behind TRUSTED_PROXY_HOPS (the socket peer at 0).
+    return services.handle_provider_callback(provider, _webhook_body(provider), request.headers,
+                                             request.remote_addr)
 
 
 @webhook_blp.route("/payment")
@@ -127,16 +146,57 @@ class PaymentWebhook(MethodView):
     @webhook_blp.response(200, WebhookResultSchema)
     @errors(400, 401, 404, 413, 422)
     def post(self):
-        """The payment provider's callback; the signature is checked over the raw body before anything else
+        """The `mock` or `gateway` provider's callback; the signature is checked over the raw body before anything
 
         401: signature missing, malformed, wrong, or `t` more than 300 s from now (nothing changes; audited).
         400: not a JSON object with `id`, `type` and `data.payment_id` (and `data.amount_znc` for the handled
-        types). 404: unknown payment. 422: `data.amount_znc` differs from the payment (nothing credited; audited).
-        200 `processed: true` only for the first delivery that moves a pending payment to `succeeded`
-        (crediting the balance once) or `canceled`; replays, payments no longer pending and other event
-        types get `processed: false`.
+        types). 404: unknown payment, or the configured provider is not `mock`/`gateway`. 422: `data.amount_znc`
+        differs from the payment (nothing credited; audited). 200 `processed: true` only for the first delivery
+        that moves a pending payment to `succeeded` (crediting the balance once) or `canceled`; replays, payments
+        no longer pending and other event types get `processed: false`.
         """
-        return services.handle_webhook(_webhook_body(), request.headers.get(services.SIGNATURE_HEADER))
+        return _callback(services.signed_webhook_provider_name())
+
+
+STRIPE_SIGNATURE_PARAMETER = {
+    "name": "Stripe-Signature", "in": "header", "required": True, "schema": {"type": "string"},
+    "description": "Stripe's signature of the raw body (`t=…,v1=…`), checked by the `stripe` library with "
+                   "`STRIPE_WEBHOOK_SECRET` and a 300 s tolerance.",
+}
+PROVIDER_EVENT_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+@webhook_blp.route("/payment/stripe")
+class StripeWebhook(MethodView):
+    @webhook_blp.doc(security=PUBLIC, parameters=[STRIPE_SIGNATURE_PARAMETER], requestBody=PROVIDER_EVENT_BODY)
+    @webhook_blp.response(200, WebhookResultSchema)
+    @errors(400, 401, 404, 413, 422)
+    def post(self):
+        """Stripe's webhook (`PAYMENT_PROVIDER=stripe`): Checkout Session events
+
+        `checkout.session.completed` with `payment_status=paid` (and `checkout.session.async_payment_succeeded`)
+        credits, `checkout.session.expired` (and `checkout.session.async_payment_failed`) cancels; the session's
+        `amount_total` and `currency` must match the payment (else 422, audited). 401: signature missing, wrong or
+        older than 300 s. Other event types: 200 `processed: false`. 404 when Stripe is not the configured
+        provider, or the session names no payment of ours.
+        """
+        return _callback("stripe")
+
+
+@webhook_blp.route("/payment/yookassa")
+class YooKassaWebhook(MethodView):
+    @webhook_blp.doc(security=PUBLIC, requestBody=PROVIDER_EVENT_BODY)
+    @webhook_blp.response(200, WebhookResultSchema)
+    @errors(400, 403, 404, 413, 422, 503)
+    def post(self):
+        """YooKassa's HTTP notification (`PAYMENT_PROVIDER=yookassa`); YooKassa does not sign them
+
+        Accepted only from `YOOKASSA_WEBHOOK_NETWORKS` (the client address behind `TRUSTED_PROXY_HOPS`; 403
+        otherwise, audited). The payment is then fetched again from the YooKassa API and only that answer is
+        trusted: `payment.succeeded` credits, `payment.canceled` cancels; a notification the API contradicts is
+        a 4xx and credits nothing. 503 when the YooKassa API cannot be reached (YooKassa retries).
+        """
+        return _callback("yookassa")
 
 
 CHECKOUT_PAGE = """<!doctype html>
@@ -203,8 +263,8 @@ def _return_to(url: str, payment: Payment) -> str:
 
 def _mock_provider_sends(payment_id: uuid.UUID, event_type: str, done_title: str) -> Response:
     """The mock provider posts a signed event to our webhook handler, exactly as a real provider would."""
-    raw, signature = services.mock_provider_event(services.get_payment(payment_id), event_type)
-    result = services.handle_webhook(raw, signature)
+    raw, headers = services.mock_provider_event(services.get_mock_payment(payment_id), event_type)
+    result = services.handle_provider_callback("mock", raw, headers, request.remote_addr)
     payment = services.get_payment(payment_id)
     db.session.refresh(payment)
     if payment.return_url:
@@ -225,7 +285,7 @@ class Checkout(MethodView):
     @errors(404)
     def get(self, payment_id: uuid.UUID):
         """The mock provider's checkout page: amount, currency, Pay and Cancel"""
-        payment = services.get_payment(payment_id)
+        payment = services.get_mock_payment(payment_id)
         title = "Checkout" if payment.status == "pending" else f"Payment {payment.status}"
         return _page(payment, title)
 

@@ -84,3 +84,17 @@ class MockPurchaseSchema(BaseSchema):
 class MockPurchaseResultSchema(BaseSchema):
     transaction = fields.Nested(TransactionSchema, required=True)
     new_balance = MoneyField(required=True)
+
+
+class ProvidersSchema(BaseSchema):
+    provider = fields.String(required=True, metadata={
+        "description": "The configured payment provider (`PAYMENT_PROVIDER`): `mock`, `gateway`, `stripe` or "
+                       "`yookassa`"})
+    available = fields.Boolean(required=True, metadata={
+        "description": "Whether top-ups can be started now (false only for `mock` with mock payments off)"})
+    currencies = fields.List(fields.String(), required=True, metadata={
+        "description": "Currencies `POST /currency/purchase` accepts with this provider; empty when unavailable"})
+    minimums = fields.Dict(keys=fields.String(), values=fields.String(), required=True, metadata={
+        "description": "The provider's smallest payment per currency (a decimal string), where it has one"})
+    reconciles = fields.Boolean(required=True, metadata={
+        "description": "Whether pending payments are also asked about at the provider (every 5 min, after 10 min)"})

@@ -1,18 +1,17 @@
-"""Top-ups: create a payment, take the provider's signed webhook, expire what was never paid.
+"""Top-ups: create a payment at the configured provider, take the provider's callbacks, reconcile what the
+callbacks missed, expire what was never paid.
 
-Only `pending → succeeded` credits the balance, once: the webhook locks the payment row, records the
-event id (a replay is a duplicate key) and moves the status with a conditional UPDATE, all in the DB
-transaction that writes the DEPOSIT entry.
+Every provider ends in `settle`, the one place a payment leaves `pending`: it locks the payment row, checks what
+the provider says against it, records the provider's event id (a replay is a duplicate key) and moves the status
+with a conditional UPDATE, in the DB transaction that writes the DEPOSIT entry. So a payment is credited once,
+whichever of its callbacks, replays and reconciliation runs arrive, and in whatever order.
 """
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import logging
-import secrets
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,22 +25,22 @@ from ..accounts.models import User
 from ..audit.services import record
 from ..clock import now
 from ..database import db
-from ..errors import BadRequest, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed, ZenzefiError
+from ..errors import BadRequest, NotFound, ServiceUnavailable, ValidationFailed, ZenzefiError
 from ..ledger import services as ledger
-from ..money import InvalidAmount, format_amount, parse_amount
+from ..money import format_amount
 from ..notifications.outbox import emit
 from ..tokens.pricing import convert
-from .models import MAX_EVENT_ID_LENGTH, Payment, PaymentWebhookEvent
+from .models import MAX_PAYMENT_URL_LENGTH, Payment, PaymentWebhookEvent
+from .providers import CallbackRejected, PaymentProvider, ProviderUnavailable, ProviderVerdict, get_provider
+from .providers.mock import MockProvider
 
 log = logging.getLogger(__name__)
 
 PAYMENT_LIFETIME = timedelta(hours=24)
-MOCK_PROVIDER = "mock"
-SIGNATURE_HEADER = "X-Zenzefi-Signature"
-SIGNATURE_TOLERANCE_SECONDS = 300
-MAX_SIGNATURE_HEADER_LENGTH = 2048
+RECONCILE_AFTER = timedelta(minutes=10)  # SPEC §4: a webhook normally arrives well before this
+RECONCILE_BATCH = 500  # payments asked about per run at most; the rest wait for the next run (oldest first)
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
-HANDLED_EVENTS = {"payment.succeeded": "succeeded", "payment.canceled": "canceled"}
+SIGNED_WEBHOOK_PROVIDERS = ("mock", "gateway")  # the ones whose callback is `POST /webhooks/payment`
 
 
 class PaymentNotFound(NotFound):
@@ -52,8 +51,8 @@ class NoPaymentProvider(ServiceUnavailable):
     message = "No payment provider is configured."
 
 
-class InvalidSignature(Unauthorized):
-    message = "Invalid webhook signature."
+class CallbackNotEnabled(NotFound):
+    message = "This payment callback is not enabled."
 
 
 class WebhookTooLarge(ZenzefiError):
@@ -65,26 +64,62 @@ def mock_payments_enabled() -> bool:
     return bool(current_app.config["MOCK_PAYMENTS_ENABLED"])
 
 
+def configured_provider_name() -> str:
+    return current_app.config["PAYMENT_PROVIDER"]
+
+
 def payment_url(payment: Payment) -> str:
-    """Where the customer pays: the mock provider's checkout page (the only provider so far)."""
-    return url_for("mock-provider.checkout", payment_id=payment.id, _external=True)
+    """Where the customer pays: what the provider returned (rows from before it was stored: the mock page)."""
+    return payment.payment_url or url_for("mock-provider.checkout", payment_id=payment.id, _external=True)
+
+
+def _provider_for_new_payments() -> PaymentProvider:
+    name = configured_provider_name()
+    if name == MockProvider.name and not mock_payments_enabled():
+        raise NoPaymentProvider()
+    return get_provider(name)
+
+
+def providers_summary() -> dict[str, Any]:
+    """`GET /currency/providers`: who takes payments now, in which currencies, from which amount."""
+    name = configured_provider_name()
+    provider = get_provider(name)
+    available = name != MockProvider.name or mock_payments_enabled()
+    return {"provider": name, "available": available, "currencies": list(provider.currencies) if available else [],
+            "minimums": {c: format_amount(m) for c, m in provider.minimums.items()} if available else {},
+            "reconciles": provider.reconciles}
 
 
 def create_payment(user: User, amount_znc: Decimal, currency: str, return_url: str | None = None) -> Payment:
-    """A pending payment at the configured provider; 503 and nothing created when there is none."""
-    if not mock_payments_enabled():
-        raise NoPaymentProvider()
+    """A pending payment at the configured provider.
+
+    The provider is called first, with our pre-generated payment id as its idempotency key, and the row is
+    inserted only with the provider's id: a provider that is down is a 503 with nothing stored, and a crash
+    between the two leaves only a checkout whose URL nobody ever received (it expires at the provider)."""
+    provider = _provider_for_new_payments()
     amount = convert(amount_znc, currency)
     if amount <= 0:
         raise ValidationFailed({"amount_znc": [f"Too small to pay in {currency}."]})
+    provider.check_amount(amount, currency)
     created = now()
     payment = Payment(
         id=uuid.uuid4(), user_id=user.id, amount_znc=amount_znc, currency=currency, amount=amount,
-        status="pending", provider=MOCK_PROVIDER, provider_payment_id=f"mock_{secrets.token_hex(16)}",
-        return_url=return_url, created_at=created, expires_at=created + PAYMENT_LIFETIME,
+        status="pending", provider=provider.name, return_url=return_url, created_at=created,
+        expires_at=created + PAYMENT_LIFETIME,
     )
+    db.session.rollback()  # nothing is pending; no transaction (nor pooled connection) is held across the call
+    try:
+        checkout = provider.create_checkout(payment, return_url)
+    except ProviderUnavailable:
+        log.warning("payment provider unavailable at creation", extra={"provider": provider.name})
+        raise
+    if len(checkout.payment_url) > MAX_PAYMENT_URL_LENGTH:  # a gateway template filled with a long return_url
+        raise ValidationFailed({"return_url": ["Too long for the provider's checkout URL."]}) if return_url \
+            else ProviderUnavailable()
+    payment.provider_payment_id = checkout.provider_payment_id
+    payment.payment_url = checkout.payment_url
     db.session.add(payment)
-    record("payment.created", actor_id=user.id, resource_type="payment", resource_id=payment.id,
+    record("payment.created", actor_id=payment.user_id, resource_type="payment", resource_id=payment.id,
            details={"amount_znc": format_amount(amount_znc), "currency": currency, "amount": format_amount(amount),
                     "provider": payment.provider})
     db.session.commit()
@@ -105,128 +140,92 @@ def get_payment(payment_id: uuid.UUID) -> Payment:
     return payment
 
 
-def sign(raw_body: bytes, timestamp: int, secret: str | None = None) -> str:
-    """The `X-Zenzefi-Signature` value a provider sends: `t=<unix seconds>,v1=<hex HMAC-SHA256>`."""
-    key = (secret or current_app.config["PAYMENT_WEBHOOK_SECRET"]).encode()
-    digest = hmac.new(key, f"{timestamp}.".encode() + raw_body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+def get_mock_payment(payment_id: uuid.UUID) -> Payment:
+    """The mock checkout shows and pays only the mock provider's payments (404 for any other provider's)."""
+    payment = get_payment(payment_id)
+    if payment.provider != MockProvider.name:
+        raise PaymentNotFound()
+    return payment
 
 
-def _reject(reason: str, message: str, raw_body: bytes) -> InvalidSignature:
-    """Audit a rejected delivery in its own commit (the request fails, the trail stays); never the secret."""
+# --- callbacks ------------------------------------------------------------------------------------------------------
+
+
+def _audit_rejection(action: str, provider: str, reason: str, raw_body: bytes | None = None,
+                     **details: Any) -> None:
+    """Audit a rejected callback in its own commit (the request fails, the trail stays); never a secret."""
     db.session.rollback()
-    record("payment.webhook_rejected", resource_type="payment_webhook",
-           details={"reason": reason, "body_sha256": hashlib.sha256(raw_body).hexdigest(),
-                    "body_bytes": len(raw_body)})
+    if raw_body is not None:
+        details.update(body_sha256=hashlib.sha256(raw_body).hexdigest(), body_bytes=len(raw_body))
+    record(action, resource_type="payment_webhook", details={"reason": reason, "provider": provider, **details})
     db.session.commit()
-    log.warning("payment webhook rejected", extra={"reason": reason})
-    return InvalidSignature(message)
+    log.warning("payment callback rejected", extra={"reason": reason, "provider": provider})
 
 
-def _parse_signature_header(header: str) -> tuple[int, list[str]] | None:
-    timestamps, signatures = [], []
-    for item in header.split(","):
-        scheme, separator, value = item.strip().partition("=")
-        if not separator or not scheme or not value:
-            return None
-        if scheme == "t":
-            timestamps.append(value)
-        elif scheme == "v1":
-            signatures.append(value.lower())
-        # Other schemes (a test-mode `v0`, future versions) are ignored, as Stripe's clients do.
-    if len(timestamps) != 1 or not signatures or not timestamps[0].isascii() or not timestamps[0].isdigit():
-        return None
-    if any(len(s) != 64 or any(c not in "0123456789abcdef" for c in s) for s in signatures):
-        return None
-    return int(timestamps[0]), signatures
-
-
-def verify_signature(raw_body: bytes, header: str | None) -> None:
-    """Accept when any `v1` is HMAC-SHA256(secret, "<t>." + body) and `t` is within 300 s of now; else 401."""
-    if not header:
-        raise _reject("missing_signature", f"Missing {SIGNATURE_HEADER} header.", raw_body)
-    parsed = _parse_signature_header(header) if len(header) <= MAX_SIGNATURE_HEADER_LENGTH else None
-    if parsed is None:
-        raise _reject("malformed_signature",
-                      f"Malformed {SIGNATURE_HEADER} header: expected t=<unix seconds>,v1=<hex>.", raw_body)
-    timestamp, signatures = parsed
-    expected = sign(raw_body, timestamp).partition(",v1=")[2]
-    matched = False
-    for candidate in signatures:
-        matched |= hmac.compare_digest(expected, candidate)
-    if not matched:
-        raise _reject("signature_mismatch", "Invalid webhook signature.", raw_body)
-    if abs(int(now().timestamp()) - timestamp) > SIGNATURE_TOLERANCE_SECONDS:
-        raise _reject("timestamp_out_of_tolerance",
-                      f"Signature timestamp is more than {SIGNATURE_TOLERANCE_SECONDS} s from now.", raw_body)
-
-
-def reject_oversized_webhook(content_length: int | None) -> WebhookTooLarge:
+def reject_oversized_webhook(provider: str, content_length: int | None) -> WebhookTooLarge:
     """Bodies over 64 KiB are refused unread (413); audited like any other rejected delivery."""
-    db.session.rollback()
-    record("payment.webhook_rejected", resource_type="payment_webhook",
-           details={"reason": "body_too_large", "content_length": content_length})
-    db.session.commit()
-    log.warning("payment webhook rejected", extra={"reason": "body_too_large"})
+    _audit_rejection("payment.webhook_rejected", provider, "body_too_large", content_length=content_length)
     return WebhookTooLarge()
 
 
-@dataclass(frozen=True)
-class WebhookEvent:
-    id: str
-    type: str
-    payment_id: uuid.UUID
-    amount_znc: Decimal | None
+def signed_webhook_provider_name() -> str:
+    """`POST /webhooks/payment` speaks for the configured provider when it is `mock` or `gateway`."""
+    name = configured_provider_name()
+    return name if name in SIGNED_WEBHOOK_PROVIDERS else "gateway"
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+def handle_provider_callback(provider_name: str, raw_body: bytes, headers: Mapping[str, str],
+                             client_ip: str | None) -> dict[str, bool]:
+    """Every provider's callback: proved by the provider (4xx + audit otherwise), then `settle`d.
 
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError("duplicate key")
-    return dict(pairs)
-
-
-def parse_event(raw_body: bytes) -> WebhookEvent:
-    """Strict: a JSON object with string `id`, `type`, an object `data` with a UUID `payment_id`; 400 otherwise.
-    Handled types must also carry a valid `data.amount_znc`."""
+    Only the configured provider's path is open, so no callback path can settle another provider's payment."""
+    if provider_name != configured_provider_name():
+        _audit_rejection("payment.webhook_rejected", provider_name, "provider_not_configured", raw_body)
+        raise CallbackNotEnabled()
+    provider = get_provider(provider_name)
     try:
-        body = json.loads(raw_body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constants,
-                          object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("The webhook body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The webhook body must be a JSON object.")
-    event_id, event_type, data = body.get("id"), body.get("type"), body.get("data")
-    # Printable only: PostgreSQL refuses NUL in text, and ids end up in logs and the audit trail.
-    if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > MAX_EVENT_ID_LENGTH \
-            or not event_id.isprintable():
-        raise BadRequest(f"`id` must be 1 to {MAX_EVENT_ID_LENGTH} printable characters.")
-    if not isinstance(event_type, str) or not event_type or len(event_type) > 64 or not event_type.isprintable():
-        raise BadRequest("`type` must be 1 to 64 printable characters.")
-    if not isinstance(data, dict):
-        raise BadRequest("`data` must be an object.")
-    try:
-        payment_id = uuid.UUID(data.get("payment_id"))
-    except (TypeError, ValueError, AttributeError):
-        raise BadRequest("`data.payment_id` must be a payment id (UUID).") from None
-    amount_znc = None
-    if event_type in HANDLED_EVENTS:
-        try:
-            amount_znc = parse_amount(data.get("amount_znc"))
-        except InvalidAmount as exc:
-            raise BadRequest(f"`data.amount_znc`: {exc}") from None
-        except ArithmeticError:  # beyond Decimal's context (1E+999999999)
-            raise BadRequest("`data.amount_znc`: Not a valid amount.") from None
-    return WebhookEvent(event_id, event_type, payment_id, amount_znc)
+        verdict = provider.verify_callback(raw_body, headers, client_ip or "")
+    except CallbackRejected as exc:
+        _audit_rejection("payment.webhook_rejected", provider_name, exc.reason, raw_body, message=exc.message)
+        raise
+    except BadRequest as exc:
+        _audit_rejection("payment.webhook_malformed", provider_name, "malformed_body", raw_body,
+                         message=exc.message)
+        raise
+    if verdict is None:
+        db.session.rollback()
+        return {"received": True, "processed": False}
+    return {"received": True, "processed": settle(verdict, provider_name, source="callback")}
 
 
-def _record_event(event: WebhookEvent, moment) -> bool:
+# --- the one settlement ---------------------------------------------------------------------------------------------
+
+
+def _lock_payment(verdict: ProviderVerdict) -> Payment | None:
+    condition = Payment.id == verdict.payment_id if verdict.payment_id is not None \
+        else Payment.provider_payment_id == verdict.provider_payment_id
+    return db.session.scalar(sa.select(Payment).where(condition).with_for_update()
+                             .execution_options(populate_existing=True))
+
+
+def _mismatches(payment: Payment, verdict: ProviderVerdict) -> dict[str, tuple[str, str]]:
+    """Every field the provider states that differs from the payment row: field → (expected, received)."""
+    found: dict[str, tuple[str, str]] = {}
+    if verdict.provider_payment_id is not None and verdict.provider_payment_id != payment.provider_payment_id:
+        found["provider_payment_id"] = (payment.provider_payment_id, verdict.provider_payment_id)
+    if verdict.amount_znc is not None and verdict.amount_znc != payment.amount_znc:
+        found["data.amount_znc"] = (format_amount(payment.amount_znc), format_amount(verdict.amount_znc))
+    if verdict.amount is not None and verdict.amount != payment.amount:
+        found["amount"] = (format_amount(payment.amount), format_amount(verdict.amount))
+    if verdict.currency is not None and verdict.currency.upper() != payment.currency:
+        found["currency"] = (payment.currency, verdict.currency)
+    return found
+
+
+def _record_event(verdict: ProviderVerdict, payment_id: uuid.UUID, moment) -> bool:
     """Insert the event id unless it is already there; False for a replay. Race-free: the primary key decides."""
-    values = {"event_id": event.id, "payment_id": event.payment_id, "event_type": event.type, "received_at": moment}
+    values = {"event_id": verdict.event_id, "payment_id": payment_id,
+              "event_type": (verdict.event_type or verdict.status)[:64], "received_at": moment}
     dialect = db.session.get_bind().dialect.name
     if dialect == "postgresql":
         statement = postgresql.insert(PaymentWebhookEvent).values(**values).on_conflict_do_nothing()
@@ -249,47 +248,55 @@ def _leave_pending(payment_id: uuid.UUID, status: str, moment) -> bool:
     ).first() is not None
 
 
-def handle_webhook(raw_body: bytes, header: str | None) -> dict[str, bool]:
-    """The provider's callback (SPEC §3.4): signature (401), body (400), payment (404), amount (422),
-    then at most one state change and at most one credit, in one DB transaction."""
-    verify_signature(raw_body, header)
-    event = parse_event(raw_body)
-    if event.type not in HANDLED_EVENTS:
-        return {"received": True, "processed": False}
+def settle(verdict: ProviderVerdict, provider_name: str, source: str) -> bool:
+    """What a provider says about a payment (a proved callback or a status fetch) → at most one state change and at
+    most one credit, in one DB transaction. True when this call moved the payment out of `pending`.
 
+    404: no such payment of this provider. 422 (audited, nothing recorded, so a correct delivery still works):
+    the provider's id, amount or currency differ from the payment. A `pending` verdict, a replayed event id or a
+    payment no longer pending change nothing (False)."""
     moment = now()
-    payment = db.session.scalar(
-        sa.select(Payment).where(Payment.id == event.payment_id).with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if payment is None:
-        db.session.rollback()
+    payment = _lock_payment(verdict)
+    if payment is None or payment.provider != provider_name:
+        reason = "unknown_payment" if payment is None else "other_provider"
+        _audit_rejection("payment.webhook_rejected", provider_name, reason, event_id=verdict.event_id,
+                         source=source, payment_id=str(verdict.payment_id or ""),
+                         provider_payment_id=verdict.provider_payment_id)
         raise PaymentNotFound("Unknown payment.")
-    if event.amount_znc != payment.amount_znc:
+    mismatches = _mismatches(payment, verdict)
+    if mismatches:
+        field, (expected, received) = next(iter(mismatches.items()))
         record("payment.amount_mismatch", actor_id=payment.user_id, resource_type="payment", resource_id=payment.id,
-               details={"event_id": event.id, "event_type": event.type, "expected": format_amount(payment.amount_znc),
-                        "received": format_amount(event.amount_znc)})
+               details={"event_id": verdict.event_id, "event_type": verdict.event_type, "source": source,
+                        "provider": provider_name, "field": field, "expected": expected, "received": received,
+                        "mismatches": {f: {"expected": e, "received": r} for f, (e, r) in mismatches.items()}})
         db.session.commit()
-        raise ValidationFailed({"data.amount_znc": ["Does not match the payment's amount."]},
-                               "The event's amount does not match the payment.")
-    if not _record_event(event, moment):
+        log.warning("payment verdict does not match the payment", extra={"payment_id": str(payment.id),
+                                                                         "fields": sorted(mismatches)})
+        raise ValidationFailed({f: ["Does not match the payment."] for f in mismatches},
+                               "The provider's payment does not match ours (amount, currency or id).")
+    if verdict.status == "pending":
         db.session.rollback()
-        return {"received": True, "processed": False}
+        return False
+    if verdict.event_id is not None and not _record_event(verdict, payment.id, moment):
+        db.session.rollback()
+        return False
 
-    status = HANDLED_EVENTS[event.type]
-    if not _leave_pending(payment.id, status, moment):
-        if status == "succeeded" and payment.status != "succeeded":
+    if not _leave_pending(payment.id, verdict.status, moment):
+        if verdict.status == "succeeded" and payment.status != "succeeded":
             # The provider took the money but the payment was already closed: an operator must reconcile it.
             log.warning("payment success for a closed payment", extra={"payment_id": str(payment.id),
                                                                        "payment_status": payment.status})
             record("payment.success_not_applied", actor_id=payment.user_id, resource_type="payment",
-                   resource_id=payment.id, details={"event_id": event.id, "status": payment.status})
+                   resource_id=payment.id, details={"event_id": verdict.event_id, "status": payment.status,
+                                                    "source": source, "provider": provider_name})
         db.session.commit()
-        return {"received": True, "processed": False}
+        return False
 
-    details = {"event_id": event.id, "amount_znc": format_amount(payment.amount_znc), "currency": payment.currency,
-               "amount": format_amount(payment.amount), "provider": payment.provider}
-    if status == "succeeded":
+    details = {"event_id": verdict.event_id, "source": source, "amount_znc": format_amount(payment.amount_znc),
+               "currency": payment.currency, "amount": format_amount(payment.amount), "provider": payment.provider,
+               "provider_payment_id": payment.provider_payment_id}
+    if verdict.status == "succeeded":
         ledger.lock_user(payment.user_id)
         entry = ledger.apply(
             payment.user_id, payment.amount_znc, "deposit",
@@ -301,10 +308,60 @@ def handle_webhook(raw_body: bytes, header: str | None) -> dict[str, bool]:
              amount=format_amount(payment.amount), balance=format_amount(entry.balance_after))
         details["balance_after"] = format_amount(entry.balance_after)
         metrics.count(metrics.balance_deposits)
-    record(f"payment.{status}", actor_id=payment.user_id, resource_type="payment", resource_id=payment.id,
+    record(f"payment.{verdict.status}", actor_id=payment.user_id, resource_type="payment", resource_id=payment.id,
            details=details)
     db.session.commit()
-    return {"received": True, "processed": True}
+    return True
+
+
+# --- reconciliation and expiry ----------------------------------------------------------------------------------------
+
+
+def reconcile_pending_payments() -> dict[str, int]:
+    """Ask the configured provider about its payments pending for more than 10 minutes and settle what it says.
+
+    Each payment is claimed with `FOR UPDATE SKIP LOCKED` in its own transaction (several workers never ask about
+    the same one at once; a webhook for it waits for that transaction). A provider that is down ends the run:
+    everything stays pending and the next run asks again."""
+    provider = get_provider(configured_provider_name())
+    counts = {"checked": 0, "settled": 0, "rejected": 0, "unavailable": 0}
+    if not provider.reconciles:
+        return counts
+    candidates = db.session.scalars(
+        sa.select(Payment.id)
+        .where(Payment.provider == provider.name, Payment.status == "pending",
+               Payment.created_at <= now() - RECONCILE_AFTER)
+        .order_by(Payment.created_at).limit(RECONCILE_BATCH)
+    ).all()
+    db.session.rollback()
+    for payment_id in candidates:
+        payment = db.session.scalar(
+            sa.select(Payment).where(Payment.id == payment_id, Payment.status == "pending")
+            .with_for_update(skip_locked=True).execution_options(populate_existing=True)
+        )
+        if payment is None:  # settled meanwhile, or another worker is asking about it right now
+            db.session.rollback()
+            continue
+        counts["checked"] += 1
+        try:
+            verdict = provider.fetch(payment)
+        except ProviderUnavailable:
+            db.session.rollback()
+            counts["unavailable"] += 1
+            log.warning("payment provider unavailable during reconciliation; retrying next run",
+                        extra={"provider": provider.name, "payment_id": str(payment_id)})
+            break
+        except ZenzefiError as exc:  # an answer we cannot read: leave the payment pending, ask again next run
+            db.session.rollback()
+            counts["rejected"] += 1
+            log.error("unreadable provider answer during reconciliation",
+                      extra={"provider": provider.name, "payment_id": str(payment_id), "error": exc.message})
+            continue
+        try:
+            counts["settled"] += settle(verdict, provider.name, source="reconciliation")
+        except (NotFound, ValidationFailed):  # audited by settle; an operator looks at it
+            counts["rejected"] += 1
+    return counts
 
 
 def expire_pending_payments() -> int:
@@ -338,10 +395,6 @@ def mock_purchase(user: User, amount: Decimal) -> dict[str, Any]:
     return {"transaction": entry, "new_balance": entry.balance_after}
 
 
-def mock_provider_event(payment: Payment, event_type: str) -> tuple[bytes, str]:
-    """What the mock provider POSTs: the event JSON and its signature header, signed now."""
-    body = {"id": f"evt_mock_{secrets.token_hex(12)}", "type": event_type,
-            "data": {"payment_id": str(payment.id), "amount_znc": format_amount(payment.amount_znc)}}
-    raw = json.dumps(body, separators=(",", ":")).encode()
-    return raw, sign(raw, int(now().timestamp()))
-
+def mock_provider_event(payment: Payment, event_type: str) -> tuple[bytes, dict[str, str]]:
+    """What the mock provider POSTs for `payment`: the event JSON and its signed headers."""
+    return get_provider(MockProvider.name).event_for(payment, event_type)
