@@ -17,6 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
     del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
+from . import jsonbody  # noqa: E402
 from .config import build_config  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
 from .extensions import api, db, jwt, limiter, migrate, redis_connection  # noqa: E402
@@ -88,6 +89,7 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}}, supports_credentials=True,
          always_send=False,
          expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"])
+    jsonbody.init_app(app)  # before the limiter's hooks: bodies are capped before anything could read one
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
     redis_connection.init_app(app)

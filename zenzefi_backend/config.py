@@ -55,6 +55,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PROXY_CONNECT_TIMEOUT", float, 5.0, "Seconds to connect to the upstream (then 504)."),
     Setting("PROXY_READ_TIMEOUT", float, 60.0, "Seconds between upstream bytes (then 504)."),
     Setting("MAX_CONTENT_LENGTH", int, 100 * 1024 * 1024, "Largest request body in bytes (then 413)."),
+    Setting("MAX_JSON_BODY_BYTES", int, 1024 * 1024,
+            "Largest body of an API request other than a proxied one, in bytes (then 413)."),
     Setting("TOKEN_PRICE_1H", Decimal, Decimal("1"), "Price in ZNC of a 1 h token."),
     Setting("TOKEN_PRICE_12H", Decimal, Decimal("10"), "Price in ZNC of a 12 h token."),
     Setting("TOKEN_PRICE_24H", Decimal, Decimal("18"), "Price in ZNC of a 24 h token."),

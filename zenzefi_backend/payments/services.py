@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from flask import current_app, url_for
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .. import metrics
+from .. import jsonbody, metrics
 from ..accounts.models import User
 from ..audit.services import record
 from ..clock import now
@@ -194,10 +194,10 @@ def parse_event(raw_body: bytes) -> WebhookEvent:
     """Strict: a JSON object with string `id`, `type`, an object `data` with a UUID `payment_id`; 400 otherwise.
     Handled types must also carry a valid `data.amount_znc`."""
     try:
-        body = json.loads(raw_body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constants,
-                          object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("The webhook body is not valid JSON.") from None
+        body = jsonbody.loads(raw_body, parse_float=Decimal, parse_constant=_no_constants,
+                              object_pairs_hook=_unique_keys)
+    except jsonbody.MalformedJson as exc:
+        raise BadRequest(f"The webhook body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise BadRequest("The webhook body must be a JSON object.")
     event_id, event_type, data = body.get("id"), body.get("type"), body.get("data")
