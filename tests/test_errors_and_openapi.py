@@ -83,3 +83,25 @@ def test_nul_characters_in_query_strings_are_422_too(client):
     response = client.post("/api/v1/auth/register?ref=AB%00CD",
                            json={"email": "q@example.com", "username": "querynul", "password": "long enough"})
     assert response.status_code == 422
+
+
+MONEY_PROPERTIES = {"balance", "amount", "amount_znc", "paid_znc", "price_znc", "refund_amount", "new_balance",
+                    "balance_after", "base_price", "total_price", "savings", "price_per_token", "cost_znc",
+                    "total_bonus_earned", "cost_per_renewal", "ledger_sum"}
+
+
+def test_every_money_field_is_documented_as_a_string_with_a_money_example(client):
+    """Swagger UI builds its examples from the schema: money must show as "81.00", never as 0."""
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    seen = set()
+    for schema_name, schema in schemas.items():
+        for name, prop in schema.get("properties", {}).items():
+            if name not in MONEY_PROPERTIES:
+                continue
+            seen.add(name)
+            assert prop.get("type") == "string" and "oneOf" not in prop, (schema_name, name, prop)
+            assert prop.get("example") == "81.00", (schema_name, name, prop)
+            assert prop["pattern"] == r"^-?[0-9]+(\.[0-9]{1,2})?$", (schema_name, name, prop)
+    assert seen == MONEY_PROPERTIES
+    rates = schemas["Rates"]["properties"]["rates"]["additionalProperties"]
+    assert rates["type"] == "string" and rates["example"] == "81.00"
