@@ -17,7 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
     del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
-from . import jsonbody  # noqa: E402
+from . import jsonbody, limit_headers  # noqa: E402
 from .config import build_config  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
 from .extensions import api, db, jwt, limiter, migrate, redis_connection  # noqa: E402
@@ -94,6 +94,7 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
     redis_connection.init_app(app)
     jwt.init_app(app)
+    limit_headers.init_app(app)  # before the limiter: its after-request hook must run after the limiter's
     limiter.init_app(app)
     api.init_app(app, spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}})
     with app.app_context():

@@ -209,7 +209,7 @@ def build_config(
         JWT_ALGORITHM="HS256",
         RATELIMIT_STORAGE_URI=redis_url or "memory://",
         RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1} if redis_url else {},
-        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_HEADERS_ENABLED=False,  # written by limit_headers.py (Retry-After only on a 429, rounded up)
         RATELIMIT_SWALLOW_ERRORS=True,
         RATELIMIT_KEY_PREFIX="zenzefi",
         JSON_SORT_KEYS=False,

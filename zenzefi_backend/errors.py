@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -47,8 +48,8 @@ class ZenzefiError(Exception):
 class TryAgainLater(ZenzefiError):
     """An error the client may retry after some seconds: `Retry-After` and `retry_after` in the body agree."""
 
-    def __init__(self, retry_after_seconds: int):
-        seconds = max(1, int(retry_after_seconds))
+    def __init__(self, retry_after_seconds: float):
+        seconds = max(1, math.ceil(retry_after_seconds))  # rounded up: a client retrying then is let in
         super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
 
 

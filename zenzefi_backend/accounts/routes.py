@@ -32,13 +32,15 @@ def _login_limit_key() -> str:
 
 
 register_limit = limiter.limit(
-    lambda: current_app.config["RATELIMIT_REGISTER"], exempt_when=bearer_is_superuser, scope="register"
+    lambda: current_app.config["RATELIMIT_REGISTER"], exempt_when=bearer_is_superuser, scope="register",
+    error_message="Too many registrations from this address",
 )
 failed_login_limit = limiter.limit(
     lambda: current_app.config["RATELIMIT_LOGIN_FAILED"],
     key_func=_login_limit_key,
     deduct_when=lambda response: response.status_code == 401,
     scope="login-failed",
+    error_message="Too many failed sign-ins with this e-mail address from this address",
 )
 
 
