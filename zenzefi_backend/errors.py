@@ -93,11 +93,13 @@ class Conflict(ZenzefiError):
 
 
 class ValidationFailed(ZenzefiError):
+    """A 422 always names its fields, in `errors` and (unless the caller's message does) in `message`."""
+
     code = 422
     message = "Validation failed."
 
     def __init__(self, errors: Mapping[str, list[str]], message: str | None = None):
-        super().__init__(message or self.message, errors=dict(errors))
+        super().__init__(message or _validation_summary(errors), errors=dict(errors))
 
 
 class ServiceUnavailable(ZenzefiError):

@@ -271,7 +271,7 @@ def handle_webhook(raw_body: bytes, header: str | None) -> dict[str, bool]:
                         "received": format_amount(event.amount_znc)})
         db.session.commit()
         raise ValidationFailed({"data.amount_znc": ["Does not match the payment's amount."]},
-                               "The event's amount does not match the payment.")
+                               "The event's `data.amount_znc` does not match the payment's amount.")
     if not _record_event(event, moment):
         db.session.rollback()
         return {"received": True, "processed": False}
