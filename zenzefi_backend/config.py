@@ -113,6 +113,38 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+ENV_FILE_VARIABLE = "ZENZEFI_ENV_FILE"
+
+
+@dataclass(frozen=True)
+class EnvFile:
+    """Which env file was read at start-up and which variables it set (names only: values can be secrets)."""
+
+    path: str | None
+    applied: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()  # already set in the process environment, which wins
+
+
+def load_env_file(environ: Mapping[str, str] | None = None) -> EnvFile:
+    """Read the env file into the process environment, never over a variable already set: ZENZEFI_ENV_FILE
+    names it (`none`: read none), else the first `.env` found from the project directory upward."""
+    from dotenv import dotenv_values, find_dotenv, load_dotenv
+
+    environ = os.environ if environ is None else environ
+    chosen = (environ.get(ENV_FILE_VARIABLE) or "").strip()
+    if chosen.lower() == "none":
+        return EnvFile(None)
+    if chosen and not os.path.isfile(chosen):
+        raise ConfigError(f"{ENV_FILE_VARIABLE}: no such file: {chosen}")
+    path = chosen or find_dotenv()
+    if not path:
+        return EnvFile(None)
+    names = list(dotenv_values(path))
+    already = tuple(name for name in names if name in environ)
+    load_dotenv(path, override=False)
+    return EnvFile(os.path.abspath(path), tuple(name for name in names if name not in already), already)
+
+
 def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for setting in SETTINGS:
