@@ -108,6 +108,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEALTH_REFRESH_SECONDS", int, 50, "How often the cached health check is refreshed."),
     Setting("HEALTH_TTL_SECONDS", int, 120, "How long a cached health result is trusted."),
     Setting("LOG_LEVEL", str, "INFO", "Python logging level."),
+    Setting("ZENZEFI_ENV_FILE", str, None,
+            "Env file read at start-up (`none`: none); unset → the first `.env` from the project directory upward. "
+            "Only from the process environment; variables already set win over the file."),
     Setting("INLINE_SCHEDULER", as_bool, False,
             "Embedded default only: run the periodic jobs in a thread of the web process (`dev.py serve` sets it)."),
 )
@@ -127,7 +130,8 @@ class EnvFile:
 
 def load_env_file(environ: Mapping[str, str] | None = None) -> EnvFile:
     """Read the env file into the process environment, never over a variable already set: ZENZEFI_ENV_FILE
-    names it (`none`: read none), else the first `.env` found from the project directory upward."""
+    names it (`none`: read none), else the first `.env` found from the project directory upward. Runs before
+    `build_config`, so the file's values are read like any other variable's."""
     from dotenv import dotenv_values, find_dotenv, load_dotenv
 
     environ = os.environ if environ is None else environ
