@@ -69,8 +69,8 @@ def add_rate_limit_headers(response: Response) -> Response:
         return response
     try:
         remaining, reset = _window(request_limit)
-    except Exception:  # the storage is down: the limiter lets requests through, and we say nothing
-        log.warning("cannot read the rate-limit window for the headers", exc_info=True)
+    except Exception:  # the storage is down: the limiter lets requests through (and logs it), we say nothing
+        log.debug("cannot read the rate-limit window for the headers", exc_info=True)
         return response
     response.headers["X-RateLimit-Limit"] = str(request_limit.limit.amount)
     response.headers["X-RateLimit-Remaining"] = str(remaining)
