@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quick start with nothing but Python 3.11+:
 
-    python3 dev.py serve          install into .venv, migrate, seed, and run on the embedded default
+    python3 dev.py serve          install into .venv, migrate, seed, and run on the embedded default (HOST, PORT)
     python3 dev.py test [ARGS]    install the test extras into .venv and run pytest (ARGS go to pytest)
 
 The embedded default needs no services: SQLite in instance/, an in-process Redis stand-in, inline jobs.
@@ -26,13 +26,24 @@ def run(*args: str | Path, **kwargs) -> None:
     subprocess.run([str(arg) for arg in args], check=True, cwd=ROOT, **kwargs)
 
 
+def _fingerprint(extras: str) -> str:
+    return hashlib.sha256((ROOT / "setup.cfg").read_bytes() + extras.encode()).hexdigest()
+
+
+def _up_to_date(extras: str) -> bool:
+    stamp = VENV / f".installed-{extras or 'base'}"
+    return stamp.exists() and stamp.read_text() == _fingerprint(extras)
+
+
 def ensure_installed(extras: str) -> None:
-    """(Re)install only when setup.cfg changed since the last install of these extras."""
+    """(Re)install only when setup.cfg changed since the last install of these extras (an up-to-date install
+    with any extras includes the base package)."""
     if sys.version_info < (3, 11):
         sys.exit(f"Python 3.11 or newer is needed (this is {sys.version.split()[0]}).")
-    fingerprint = hashlib.sha256((ROOT / "setup.cfg").read_bytes() + extras.encode()).hexdigest()
-    stamp = VENV / f".installed-{extras or 'base'}"
-    if stamp.exists() and stamp.read_text() == fingerprint:
+    if _up_to_date(extras):
+        return
+    if not extras and any(_up_to_date(stamp.name.removeprefix(".installed-"))
+                          for stamp in VENV.glob(".installed-*") if stamp.name != ".installed-base"):
         return
     if not PYTHON.exists():
         print("Creating the virtual environment in .venv …", flush=True)
@@ -40,7 +51,7 @@ def ensure_installed(extras: str) -> None:
     print(f"Installing zenzefi-backend{f'[{extras}]' if extras else ''} into .venv …", flush=True)
     run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]" if extras else ".")
-    stamp.write_text(fingerprint)
+    (VENV / f".installed-{extras or 'base'}").write_text(_fingerprint(extras))
 
 
 def flask(*args: str, env: dict[str, str]) -> None:
@@ -48,18 +59,16 @@ def flask(*args: str, env: dict[str, str]) -> None:
 
 
 def serve(args: list[str]) -> int:
+    if args:
+        print("serve takes no arguments; HOST and PORT set where it listens.", file=sys.stderr)
+        return 2
     ensure_installed("")
-    host = os.environ.get("HOST", "127.0.0.1")
-    port = os.environ.get("PORT", "5000")
     env = dict(os.environ)
     flask("db", "upgrade", env=env)
     flask("bundles", "seed", env=env)
-    print(f"\nZenzefi backend listening on http://{host}:{port}  (API docs: http://{host}:{port}/docs)\n",
-          flush=True)
     os.chdir(ROOT)
-    env["INLINE_SCHEDULER"] = "true"  # no RQ worker in the embedded default: the periodic jobs run in-process
-    os.execve(str(BIN / "flask"), [str(BIN / "flask"), "--app", "wsgi", "run", "--host", host, "--port", port,
-                                   "--no-reload", *args], env)
+    # The server binds its port first and prints "listening" only once it does (zenzefi_backend/devserver.py).
+    os.execve(str(PYTHON), [str(PYTHON), "-m", "zenzefi_backend.devserver"], env)
     return 0
 
 

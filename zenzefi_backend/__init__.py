@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from dotenv import load_dotenv
 from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -17,7 +16,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
     del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
-from .config import build_config  # noqa: E402
+from . import jsonbody, limit_headers  # noqa: E402
+from .config import build_config, load_env_file  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
 from .extensions import api, db, jwt, limiter, migrate, redis_connection  # noqa: E402
 from .extensions import metrics as http_metrics  # noqa: E402 - the package also has a `metrics` module
@@ -69,11 +69,12 @@ def register_blueprints(app: Flask) -> None:
 
 
 def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
-    load_dotenv(override=False)
+    env_file = load_env_file()
     app = Flask(__name__, instance_path=os.environ.get("ZENZEFI_INSTANCE_PATH") or None,
                 instance_relative_config=True)
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.from_mapping(build_config(app.instance_path, config_overrides))
+    app.extensions["zenzefi-env-file"] = env_file
     _configure_logging(app.config["LOG_LEVEL"])
 
     from .proxy.fastpath import ProxyFastPath
@@ -88,10 +89,12 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}}, supports_credentials=True,
          always_send=False,
          expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"])
+    jsonbody.init_app(app)  # before the limiter's hooks: bodies are capped before anything could read one
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
     redis_connection.init_app(app)
     jwt.init_app(app)
+    limit_headers.init_app(app)  # before the limiter: its after-request hook must run after the limiter's
     limiter.init_app(app)
     api.init_app(app, spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}})
     with app.app_context():

@@ -74,6 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PROXY_CONNECT_TIMEOUT", float, 5.0, "Seconds to connect to the upstream (then 504)."),
     Setting("PROXY_READ_TIMEOUT", float, 60.0, "Seconds between upstream bytes (then 504)."),
     Setting("MAX_CONTENT_LENGTH", int, 100 * 1024 * 1024, "Largest request body in bytes (then 413)."),
+    Setting("MAX_JSON_BODY_BYTES", int, 1024 * 1024,
+            "Largest body of an API request other than a proxied one, in bytes (then 413)."),
     Setting("TOKEN_PRICE_1H", Decimal, Decimal("1"), "Price in ZNC of a 1 h token."),
     Setting("TOKEN_PRICE_12H", Decimal, Decimal("10"), "Price in ZNC of a 12 h token."),
     Setting("TOKEN_PRICE_24H", Decimal, Decimal("18"), "Price in ZNC of a 24 h token."),
@@ -143,9 +145,45 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEALTH_REFRESH_SECONDS", int, 50, "How often the cached health check is refreshed."),
     Setting("HEALTH_TTL_SECONDS", int, 120, "How long a cached health result is trusted."),
     Setting("LOG_LEVEL", str, "INFO", "Python logging level."),
+    Setting("ZENZEFI_ENV_FILE", str, None,
+            "Env file read at start-up (`none`: none); unset → the first `.env` from the project directory upward. "
+            "Only from the process environment; variables already set win over the file."),
     Setting("INLINE_SCHEDULER", as_bool, False,
             "Embedded default only: run the periodic jobs in a thread of the web process (`dev.py serve` sets it)."),
 )
+
+
+ENV_FILE_VARIABLE = "ZENZEFI_ENV_FILE"
+
+
+@dataclass(frozen=True)
+class EnvFile:
+    """Which env file was read at start-up and which variables it set (names only: values can be secrets)."""
+
+    path: str | None
+    applied: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()  # already set in the process environment, which wins
+
+
+def load_env_file(environ: Mapping[str, str] | None = None) -> EnvFile:
+    """Read the env file into the process environment, never over a variable already set: ZENZEFI_ENV_FILE
+    names it (`none`: read none), else the first `.env` found from the project directory upward. Runs before
+    `build_config`, so the file's values are read like any other variable's."""
+    from dotenv import dotenv_values, find_dotenv, load_dotenv
+
+    environ = os.environ if environ is None else environ
+    chosen = (environ.get(ENV_FILE_VARIABLE) or "").strip()
+    if chosen.lower() == "none":
+        return EnvFile(None)
+    if chosen and not os.path.isfile(chosen):
+        raise ConfigError(f"{ENV_FILE_VARIABLE}: no such file: {chosen}")
+    path = chosen or find_dotenv()
+    if not path:
+        return EnvFile(None)
+    names = list(dotenv_values(path))
+    already = tuple(name for name in names if name in environ)
+    load_dotenv(path, override=False)
+    return EnvFile(os.path.abspath(path), tuple(name for name in names if name not in already), already)
 
 
 def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -287,7 +325,7 @@ def build_config(
         JWT_ALGORITHM="HS256",
         RATELIMIT_STORAGE_URI=redis_url or "memory://",
         RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1} if redis_url else {},
-        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_HEADERS_ENABLED=False,  # written by limit_headers.py (Retry-After only on a 429, rounded up)
         RATELIMIT_SWALLOW_ERRORS=True,
         RATELIMIT_KEY_PREFIX="zenzefi",
         JSON_SORT_KEYS=False,

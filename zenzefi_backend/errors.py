@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -47,8 +48,8 @@ class ZenzefiError(Exception):
 class TryAgainLater(ZenzefiError):
     """An error the client may retry after some seconds: `Retry-After` and `retry_after` in the body agree."""
 
-    def __init__(self, retry_after_seconds: int):
-        seconds = max(1, int(retry_after_seconds))
+    def __init__(self, retry_after_seconds: float):
+        seconds = max(1, math.ceil(retry_after_seconds))  # rounded up: a client retrying then is let in
         super().__init__(headers={"Retry-After": str(seconds)}, retry_after=seconds)
 
 
@@ -92,11 +93,13 @@ class Conflict(ZenzefiError):
 
 
 class ValidationFailed(ZenzefiError):
+    """A 422 always names its fields, in `errors` and (unless the caller's message does) in `message`."""
+
     code = 422
     message = "Validation failed."
 
     def __init__(self, errors: Mapping[str, list[str]], message: str | None = None):
-        super().__init__(message or self.message, errors=dict(errors))
+        super().__init__(message or _validation_summary(errors), errors=dict(errors))
 
 
 class ServiceUnavailable(ZenzefiError):

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from .clock import now
 from .database import UTCDateTime, UUIDPrimaryKey, db
-from .errors import BadRequest, Conflict, ZenzefiError, error_response
+from .errors import BadRequest, Conflict, ValidationFailed, ZenzefiError, error_response
 from .sealing import Unreadable, seal, unseal
 
 HEADER = "Idempotency-Key"
@@ -47,9 +47,10 @@ class IdempotencyKey(UUIDPrimaryKey, db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=now, index=True)
 
 
-class KeyReusedWithDifferentRequest(ZenzefiError):
-    code = 422
-    message = "This Idempotency-Key was already used with a different request."
+class KeyReusedWithDifferentRequest(ValidationFailed):
+    def __init__(self) -> None:
+        super().__init__({HEADER: ["Already used with a different request."]},
+                         f"This {HEADER} was already used with a different request.")
 
 
 class KeyInProgress(Conflict):

@@ -1,36 +1,51 @@
 """Decimal helpers: the only place where money is parsed, rounded or formatted."""
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal, InvalidOperation
+import re
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+
+from .jsonbody import JsonFloat
 
 CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("1000000.00")
+
+
+# The only accepted way to write an amount: ASCII digits, an optional point followed by one or two digits,
+# optionally signed with "-" (where negative amounts are allowed). No exponent, no "+", no spaces, no other
+# scripts' digits ("５", "٥"), no bare "5." or ".5".
+AMOUNT_PATTERN = r"-?[0-9]+(\.[0-9]{1,2})?"
+_AMOUNT = re.compile(AMOUNT_PATTERN)
+FORMAT_HINT = 'Must be written with the digits 0-9 and at most two decimals after a ".", e.g. "81.00".'
 
 
 class InvalidAmount(ValueError):
     """The input is not an acceptable money amount."""
 
 
+def _written_form(value: object) -> str:
+    """How the client wrote the amount: a JSON number keeps its source text (`jsonbody.JsonFloat`)."""
+    if isinstance(value, JsonFloat):
+        return value.text
+    if isinstance(value, float):
+        return repr(value)  # the shortest string that round-trips, so 0.1 stays "0.1"
+    return str(value)
+
+
 def parse_amount(value: object, *, allow_negative: bool = False) -> Decimal:
-    """Parse client input: a string or number, at most 2 decimals, 0 < |x| ≤ 1,000,000.00."""
+    """Parse client input: a string or JSON number of the form AMOUNT_PATTERN, 0 < |x| ≤ 1,000,000.00."""
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise InvalidAmount("Must be a number or a numeric string.")
-    if isinstance(value, float):
-        # repr() gives the shortest string that round-trips, so 0.1 stays "0.1".
-        value = repr(value)
     try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise InvalidAmount("Not a valid amount.") from None
-    if not amount.is_finite():
-        raise InvalidAmount("Not a valid amount.")
+        written = _written_form(value)
+    except ValueError:  # an int too long to print (over 4300 digits)
+        raise InvalidAmount(f"Must be at most {MAX_AMOUNT}.") from None
+    if _AMOUNT.fullmatch(written) is None:
+        raise InvalidAmount(FORMAT_HINT)
+    amount = Decimal(written)
     if amount == 0 or (amount < 0 and not allow_negative):
         raise InvalidAmount("Must be greater than 0." if not allow_negative else "Must not be 0.")
-    # Magnitude first: quantizing 1E+999999999 would overflow the decimal context.
     if amount.copy_abs() > MAX_AMOUNT:
         raise InvalidAmount(f"Must be at most {MAX_AMOUNT}.")
-    if amount != amount.quantize(CENT, rounding=ROUND_DOWN):
-        raise InvalidAmount("At most 2 decimal places.")
     return amount.quantize(CENT)
 
 

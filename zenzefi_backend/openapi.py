@@ -7,20 +7,28 @@ from typing import Any
 
 import flask
 import flask_smorest
-from webargs.flaskparser import FlaskParser
+from marshmallow import missing
+from webargs.flaskparser import FlaskParser, abort, is_json_request
 
+from . import jsonbody
 from .errors import ErrorSchema
 
 
 class JsonBodyParser(FlaskParser):
-    """Every undecodable JSON body is a 400, including those `json.loads` refuses with a plain ValueError
-    (an integer of more than 4300 digits), which webargs would otherwise let escape as a 500."""
+    """Bodies are decoded by `jsonbody.loads` (depth-limited, numbers keep their text); anything it refuses
+    is a 400 that says why."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
+        if not is_json_request(req):
+            return missing
         try:
-            return super()._raw_load_json(req)
-        except ValueError as error:
+            return jsonbody.loads(jsonbody.request_body())
+        except jsonbody.MalformedJson as error:
             self._handle_invalid_json_error(error, req)
+
+    def _handle_invalid_json_error(self, error: Exception, req: flask.Request, *args: Any, **kwargs: Any):
+        abort(400, exc=error, messages={"json": [f"Not valid JSON: {error}."]},
+              message=f"The request body is not valid JSON: {error}.")
 
 
 class Blueprint(flask_smorest.Blueprint):

@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load
 
-from .money import InvalidAmount, format_amount, parse_amount
+from .money import AMOUNT_PATTERN, InvalidAmount, format_amount, parse_amount
 
 
 def _nul_fields(data: Any, path: str = "") -> list[str]:
@@ -37,13 +37,16 @@ class BaseSchema(Schema):
 
 
 class MoneyField(fields.Field):
-    """Money in: a string or number with ≤ 2 decimals, 0 < x ≤ 1,000,000.00. Money out: `"81.00"`."""
+    """Money in: a string or JSON number written as `money.AMOUNT_PATTERN`, 0 < x ≤ 1,000,000.00. Money out:
+    `"81.00"`. Documented as what it is on the wire: a string."""
 
     def __init__(self, *, allow_negative: bool = False, **kwargs: Any):
         documented = {
-            "oneOf": [{"type": "string", "pattern": r"^-?\d+(\.\d{1,2})?$"}, {"type": "number"}],
+            "type": "string",
+            "pattern": f"^{AMOUNT_PATTERN}$",
             "example": "81.00",
-            "description": "ZNC, a decimal string with two places (input also accepts a JSON number)",
+            "description": "ZNC, a decimal string with two places (input also accepts a JSON number written "
+                           "the same way; no exponent)",
         }
         kwargs["metadata"] = {**documented, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)

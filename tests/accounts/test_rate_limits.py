@@ -56,3 +56,36 @@ def test_only_failed_logins_count_per_ip_and_email(client, accounts, strict_limi
     from_elsewhere = client.post("/api/v1/auth/login", json={"email": user["email"], "password": user["password"]},
                                  environ_base={"REMOTE_ADDR": "10.9.9.9"})
     assert from_elsewhere.status_code == 200
+
+
+def test_the_registration_429_says_what_is_limited_and_when_it_frees_up(client, strict_limits):
+    for _ in range(5):
+        first = client.post("/api/v1/auth/register", json=new_user_body())
+        assert first.status_code == 201 and "Retry-After" not in first.headers
+    refused = client.post("/api/v1/auth/register", json=new_user_body())
+    assert refused.status_code == 429
+    body = refused.get_json()
+    seconds = int(refused.headers["Retry-After"])
+    assert 3590 <= seconds <= 3600 and body["retry_after"] == seconds
+    assert body["message"].startswith("Too many registrations from this address (at most 5 per hour). Try again in ")
+    assert "minute" in body["message"] or "hour" in body["message"], body
+
+
+def test_failed_logins_count_down_in_the_headers(client, accounts, strict_limits):
+    user = accounts.register()
+    for remaining in (4, 3, 2, 1, 0):
+        wrong = client.post("/api/v1/auth/login", json={"email": user["email"], "password": "wrong password"})
+        assert wrong.status_code == 401 and "Retry-After" not in wrong.headers
+        assert wrong.headers["X-RateLimit-Remaining"] == str(remaining)
+    refused = client.post("/api/v1/auth/login", json={"email": user["email"], "password": "wrong password"})
+    assert refused.status_code == 429
+    assert refused.get_json()["message"].startswith("Too many failed sign-ins with this e-mail address")
+
+
+@pytest.mark.parametrize("seconds, words", [(1, "1 second"), (59, "59 seconds"), (60, "1 minute"),
+                                            (3599, "59 minutes 59 seconds"), (3600, "1 hour"),
+                                            (3661, "1 hour 1 minute 1 second")])
+def test_waiting_times_in_words(seconds, words):
+    from zenzefi_backend.limit_headers import in_words
+
+    assert in_words(seconds) == words

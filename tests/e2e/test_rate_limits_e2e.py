@@ -40,6 +40,7 @@ def exhaust_and_overrun(server: Gunicorn, path: str, headers: dict[str, str] | N
         response = server.call("GET", path, headers=headers)
         assert response.status == 200, server.describe(repr(response))
         assert response.headers["X-RateLimit-Limit"] == str(LIMIT)
+        assert "Retry-After" not in response.headers, server.describe(repr(response))
         remaining.append(int(response.headers["X-RateLimit-Remaining"]))
     assert remaining == list(range(LIMIT - 1, -1, -1)), server.describe(f"not one counter: {remaining}")
     allowed_by = set(server.served("GET", path)[already:])

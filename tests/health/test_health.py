@@ -45,7 +45,7 @@ def make_app(backends, tmp_path):
     from zenzefi_backend import create_app
 
     def make(**overrides):
-        return create_app(app_config(backends, tmp_path, HEALTH_REFRESH_SECONDS=50, **overrides))
+        return create_app(app_config(backends, tmp_path, **{"HEALTH_REFRESH_SECONDS": 50, **overrides}))
 
     return make
 
@@ -83,6 +83,23 @@ def test_healthy_when_every_dependency_answers(make_app, upstream):
     body = wait_for_status(client, "healthy")
     assert body["status"] == "healthy"
     assert body["timestamp"].endswith("+00:00")
+
+
+def test_the_timestamp_is_never_older_than_the_refresh_period(make_app, upstream):
+    """The report is refreshed in the background every period, whether or not anyone asks in between."""
+    from datetime import datetime
+
+    from zenzefi_backend.clock import now
+
+    client = make_app(ZENZEFI_UPSTREAM_URL=upstream, HEALTH_REFRESH_SECONDS=1, HEALTH_TTL_SECONDS=120).test_client()
+    assert wait_for_status(client, "healthy")["status"] == "healthy"
+    slack = 1.0  # one check's duration on a busy machine (bounded by the checks' 3.5 s deadline)
+    ages = []
+    for pause in (3.5, 0.3, 1.7, 0.05, 0.05, 2.2):
+        time.sleep(pause)  # nobody asks meanwhile
+        body = client.get("/health").get_json()
+        ages.append((now() - datetime.fromisoformat(body["timestamp"])).total_seconds())
+    assert max(ages) <= 1 + slack, ages
 
 
 def test_degraded_when_only_the_upstream_is_down(make_app):

@@ -359,3 +359,73 @@ def test_refund_is_between_zero_and_paid_and_shrinks_with_time(paid, hours):
     assert refunds == sorted(refunds)
     assert all(refund == refund.quantize(Decimal("0.01")) for refund in refunds)
 
+
+
+# --- how an amount may be written, on every money field -----------------------------------------------------------
+
+# Only ASCII digits, an optional "." with one or two digits (and "-" where negative amounts are allowed), as a
+# string or a JSON number written that way. Each of these is refused with a 422 naming the field.
+BADLY_WRITTEN_AMOUNTS = [
+    '"５"', '"٥"', '"１０.00"', '"٥.٠٠"', '"𝟓"', '"१०"', '"1e2"', '"1E2"', '"1.5e1"', '" 5.00"', '"5.00 "', '"\\t5"',
+    '"5\\u00a0"', '"+5"', '"5."', '".5"', '"1_000"', '"5,00"', '"1.230"', '"0x10"', '"½"', "1e2", "1E2", "1.0e2",
+    "5.000", "5e0",
+]
+MONEY_FIELDS = [
+    pytest.param("adjustment", "amount", id="admin-balance-adjustment"),
+    pytest.param("currency-purchase", "amount_znc", id="currency-purchase"),
+    pytest.param("mock-purchase", "amount", id="mock-purchase"),
+]
+
+
+def money_request(kind: str, field: str, amount: str, buyer: dict, admin: dict) -> tuple[str, str, dict]:
+    """(path, raw body, headers) of a request whose only questionable part is the amount."""
+    if kind == "adjustment":
+        return adjustments_path(buyer["id"]), f'{{"{field}": {amount}, "reason": "test"}}', admin["headers"]
+    path = {"currency-purchase": "/api/v1/currency/purchase", "mock-purchase": "/api/v1/currency/mock-purchase"}[kind]
+    return path, f'{{"{field}": {amount}}}', buyer["headers"]
+
+
+def payments_of(app, user: dict) -> int:
+    from zenzefi_backend.extensions import db
+    from zenzefi_backend.payments.models import Payment
+
+    with app.app_context():
+        return db.session.scalar(sa.select(sa.func.count()).select_from(Payment)
+                                 .where(Payment.user_id == uuid.UUID(user["id"])))
+
+
+@pytest.mark.parametrize("kind, field", MONEY_FIELDS)
+@pytest.mark.parametrize("amount", BADLY_WRITTEN_AMOUNTS)
+def test_an_amount_not_written_in_ascii_digits_is_422_on_every_money_field(app, client, admin, buyer, kind, field,
+                                                                          amount):
+    path, raw, headers = money_request(kind, field, amount, buyer, admin)
+    body = assert_error_body(post_raw(client, path, raw, headers), 422)
+    assert field in body["errors"] and field in body["message"], body
+    assert_untouched(client, buyer)
+    assert payments_of(app, buyer) == 0
+
+
+@pytest.mark.parametrize("kind, field", MONEY_FIELDS)
+@pytest.mark.parametrize("amount, credited", [('"5"', "5.00"), ('"5.5"', "5.50"), ('"5.05"', "5.05"), ("5", "5.00"),
+                                              ("5.5", "5.50"), ("5.00", "5.00")])
+def test_an_amount_in_ascii_digits_is_accepted_on_every_money_field(app, client, admin, buyer, kind, field, amount,
+                                                                     credited):
+    path, raw, headers = money_request(kind, field, amount, buyer, admin)
+    response = post_raw(client, path, raw, headers)
+    assert response.status_code == 201, response.get_json()
+    if kind == "currency-purchase":
+        assert response.get_json()["amount_znc"] == credited
+    else:
+        assert balance(client, buyer) == START + Decimal(credited)
+
+
+@pytest.mark.parametrize("amount", ['"５"', '"1e2"', '" 100.00"', '"+100"', "1e2", "100.000"])
+def test_a_signed_payment_webhook_with_a_badly_written_amount_is_400_and_credits_nothing(app, client, buyer, amount):
+    from tests.payments.helpers import Provider, create_payment, encode, event
+
+    payment = create_payment(client, buyer).get_json()
+    raw = encode(event(payment["payment_id"], amount_znc="AMOUNT")).replace(b'"AMOUNT"', amount.encode())
+    response = Provider(app, client).deliver(raw)
+    assert response.status_code == 400, response.get_json()
+    assert "amount_znc" in response.get_json()["message"]
+    assert balance(client, buyer) == START

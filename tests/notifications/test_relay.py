@@ -175,7 +175,8 @@ def test_retention_forgets_old_finished_rows_only(app_ctx, client, accounts, use
 
 def test_a_commit_with_events_nudges_one_relay_run(app, app_ctx, backends, client, accounts, user):
     if app.config["EMBEDDED"]:
-        pytest.skip("the embedded default relays from its scheduler thread; there is no worker to nudge")
+        pytest.skip("no worker to nudge on the embedded default (its in-process relay is nudged instead: "
+                    "test_the_embedded_default_relays_right_after_the_commit)")
     accounts.fund(user["id"], "5")
     get_redis().delete(NUDGE_KEY)
     default = Queue("default", connection=get_redis())
@@ -213,3 +214,51 @@ def test_relays_running_at_once_relay_each_event_once(app, backends, client, acc
     with app.app_context():
         assert len(rows(WebhookDelivery)) == 3 * 4 * 2
         assert len(emails("payment_receipt")) == 3 * 4
+
+
+def test_a_commit_with_events_asks_the_embedded_relay_once(app, app_ctx, client, accounts, user):
+    if not app.config["EMBEDDED"]:
+        pytest.skip("a worker's job is nudged instead (test_a_commit_with_events_nudges_one_relay_run)")
+    from zenzefi_backend.notifications.outbox import relay_wanted
+
+    accounts.fund(user["id"], "5")
+    asked = []
+    relay_wanted.connect(asked.append, sender=app, weak=False)
+    try:
+        buy(client, user)
+        client.get("/api/v1/tokens/my-tokens", headers=user["headers"])  # no event written: no nudge
+    finally:
+        relay_wanted.disconnect(asked.append, sender=app)
+    assert asked == [app]
+
+
+def test_the_embedded_default_relays_right_after_the_commit(backends, tmp_path):
+    """With no worker, the embedded default's relay thread is woken by the commit, not by the minute's tick."""
+    import time
+
+    from flask_migrate import upgrade
+
+    from tests.conftest import Accounts, app_config
+    from zenzefi_backend import create_app
+    from zenzefi_backend.jobs.inline import start_inline_scheduler
+
+    embedded = create_app(app_config(backends, tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'embedded.db'}",
+                                     REDIS_URL=None))
+    with embedded.app_context():
+        upgrade()
+    start_inline_scheduler(embedded, schedule=())  # the relay thread only: no periodic tick can do the work
+    people = Accounts(embedded, embedded.test_client())
+    user = people.signed_in()
+    people.fund(user["id"], "5")
+    bought_at = time.monotonic()
+    buy(people.client, user)
+    with embedded.app_context():
+        while True:
+            pending = rows(OutboxEvent, OutboxEvent.event_type == "token.purchased",
+                           OutboxEvent.dispatched_at.is_(None))
+            if not pending or time.monotonic() - bought_at > 10:
+                break
+            time.sleep(0.02)
+        assert pending == [], "the purchase's event was not relayed after its commit"
+        assert rows(OutboxEvent, OutboxEvent.event_type == "token.purchased")
+        db.session.remove()

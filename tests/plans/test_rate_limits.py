@@ -24,6 +24,7 @@ from limits.strategies import FixedWindowRateLimiter
 from zenzefi_backend import clock
 from zenzefi_backend.accounts.models import User
 from zenzefi_backend.extensions import db, limiter
+from zenzefi_backend.limit_headers import in_words
 
 from .helpers import MY_PLAN, PLANS, buy, set_plan
 
@@ -73,7 +74,8 @@ class LimitClock:
 @pytest.fixture
 def limit_clock(monkeypatch) -> LimitClock:
     fake = LimitClock()
-    for module in ("limits.storage.memory", "limits.strategies", "flask_limiter._extension"):
+    for module in ("limits.storage.memory", "limits.strategies", "flask_limiter._extension",
+                   "zenzefi_backend.limit_headers"):
         monkeypatch.setattr(f"{module}.time", fake)
     storage = MemoryStorage()
     monkeypatch.setattr(limiter, "_storage", storage)
@@ -94,10 +96,13 @@ def exhaust(client, user: dict, limit: int) -> None:
 def assert_limited(response, limit: int, plan: str | None) -> None:
     """429 in the error shape; `plan=None` for a request counted by its address."""
     assert response.status_code == 429
-    whose = f"on the {plan} plan" if plan else "from one address without signing in"
-    assert response.get_json() == {"code": 429, "status": "Too Many Requests",
-                                   "message": f"Rate limit exceeded: {limit} API requests per minute {whose}."}
-    assert 0 < int(response.headers["Retry-After"]) <= 60
+    whose = f"on the {plan} plan" if plan else "from this address without signing in"
+    body = response.get_json()
+    retry_after = int(response.headers["Retry-After"])
+    assert 0 < retry_after <= 60 and body["retry_after"] == retry_after
+    assert body == {"code": 429, "status": "Too Many Requests", "retry_after": retry_after,
+                    "message": f"Too many API requests {whose} (at most {limit} per minute). "
+                               f"Try again in {in_words(retry_after)}."}
     assert response.headers["X-RateLimit-Limit"] == str(limit)
     assert response.headers["X-RateLimit-Remaining"] == "0"
 
@@ -210,3 +215,51 @@ def test_register_and_failed_login_limits_still_apply_beside_it(app, client, acc
         assert wrong.status_code == 401 and wrong.headers["X-RateLimit-Limit"] == "2"
     blocked = client.post("/api/v1/auth/login", json={"email": user["email"], "password": user["password"]})
     assert blocked.status_code == 429 and "Retry-After" in blocked.headers
+
+
+def test_retry_after_is_only_on_the_429(app, client, accounts, limit_clock):
+    """Every response of a limited route says how much is left; only the refusal says when to come back."""
+    user = signed_in(app, accounts)
+    answers = [client.get(PLANS, headers=user["headers"]),                                      # 200
+               client.get(f"/api/v1/tokens/{uuid.uuid4()}", headers=user["headers"]),            # 404
+               client.post("/api/v1/tokens/purchase", json={"duration_hours": 24}, headers=user["headers"])]  # 402
+    assert [answer.status_code for answer in answers] == [200, 404, 402]
+    refused = client.get(PLANS, headers=user["headers"])
+    assert refused.status_code == 429
+    for answer in answers:
+        assert "Retry-After" not in answer.headers, (answer.status_code, dict(answer.headers))
+        assert answer.headers["X-RateLimit-Limit"] == "3" and "X-RateLimit-Reset" in answer.headers
+    assert [answer.headers["X-RateLimit-Remaining"] for answer in answers] == ["2", "1", "0"]
+    assert "Retry-After" in refused.headers
+
+
+@pytest.mark.parametrize("waited, expected", [(0.5, 60), (0.0, 60), (30.2, 30), (59.9, 1)])
+def test_retry_after_is_the_time_left_rounded_up(app, client, accounts, limit_clock, waited, expected):
+    """A window that started at T0 frees up at T0 + 60 s: at T0 + 0.5 s that is 59.5 s away, so 60, never 59."""
+    user = signed_in(app, accounts)
+    start = limit_clock.now = float(int(limit_clock.now)) + 0.7  # the window starts at a fraction of a second
+    exhaust(client, user, LIMITS["free"])
+    limit_clock.now = start + waited
+    refused = client.get(PLANS, headers=user["headers"])
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) == expected == refused.get_json()["retry_after"]
+    limit_clock.now = start + 59.99
+    assert client.get(PLANS, headers=user["headers"]).status_code == 429  # the window is still on …
+    limit_clock.now = start + 60
+    assert client.get(PLANS, headers=user["headers"]).status_code == 200  # … until its end
+
+
+def test_retry_after_rounds_the_redis_expiry_up(app, client, accounts):
+    """On Redis the window's end comes from PTTL: its TTL is rounded to the nearest second, which can be early."""
+    from limits.storage import RedisStorage
+
+    if not isinstance(limiter.storage, RedisStorage):
+        pytest.skip("the limiter stores its counters in Redis only when TEST_REDIS_URL is set")
+    user = signed_in(app, accounts)
+    exhaust(client, user, LIMITS["free"])
+    redis = limiter.storage.get_connection()
+    keys = [key for key in redis.scan_iter(match="LIMITS:*") if b"api" in key and user["id"].encode() in key]
+    assert len(keys) == 1, keys
+    redis.pexpire(keys[0], 10_400)  # 10.4 s left: Redis's TTL says 10, the client must wait 11
+    refused = client.get(PLANS, headers=user["headers"])
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "11", dict(refused.headers)

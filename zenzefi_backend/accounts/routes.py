@@ -9,6 +9,7 @@ from ..extensions import limiter
 from ..openapi import BEARER, PUBLIC, REFRESH, Blueprint, errors
 from . import services
 from .auth import bearer_is_superuser
+from .emails import lookup_form
 from .schemas import (
     AccessTokenSchema,
     LoginSchema,
@@ -28,17 +29,19 @@ users_blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description
 def _login_limit_key() -> str:
     body = request.get_json(silent=True)
     email = body.get("email") if isinstance(body, dict) else None
-    return f"{get_remote_address()}|{str(email or '').strip().lower()}"
+    return f"{get_remote_address()}|{lookup_form(email) if isinstance(email, str) else ''}"
 
 
 register_limit = limiter.limit(
-    lambda: current_app.config["RATELIMIT_REGISTER"], exempt_when=bearer_is_superuser, scope="register"
+    lambda: current_app.config["RATELIMIT_REGISTER"], exempt_when=bearer_is_superuser, scope="register",
+    error_message="Too many registrations from this address",
 )
 failed_login_limit = limiter.limit(
     lambda: current_app.config["RATELIMIT_LOGIN_FAILED"],
     key_func=_login_limit_key,
     deduct_when=lambda response: response.status_code == 401,
     scope="login-failed",
+    error_message="Too many failed sign-ins with this e-mail address from this address",
 )
 
 

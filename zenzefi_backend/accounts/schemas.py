@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from email_validator import EmailNotValidError, validate_email
+from typing import Any
+
 from marshmallow import ValidationError, fields, validate
 
 from ..schemas import BaseSchema, MoneyField
+from .emails import InvalidEmail, canonical_email
 
 USERNAME = validate.And(
     validate.Length(min=3, max=50),
@@ -12,16 +14,25 @@ USERNAME = validate.And(
 PASSWORD = validate.Length(min=8, max=128)
 
 
-def valid_email_syntax(value: str) -> None:
-    try:
-        validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValidationError(str(exc)) from None
+class EmailAddress(fields.String):
+    """An e-mail address in, its canonical form out of `load` (accounts/emails.py): what is stored and compared."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("validate", validate.Length(max=255))
+        kwargs["metadata"] = {"format": "email", **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return canonical_email(text)
+        except InvalidEmail as exc:
+            raise ValidationError(str(exc)) from None
 
 
 class RegisterSchema(BaseSchema):
-    email = fields.String(required=True, validate=[validate.Length(max=255), valid_email_syntax],
-                          metadata={"format": "email"})
+    email = EmailAddress(required=True, metadata={
+        "description": "Stored and compared in its normalised form (Unicode and IDNA normalised, lower-cased)"})
     username = fields.String(required=True, validate=USERNAME)
     password = fields.String(required=True, load_only=True, validate=PASSWORD)
     full_name = fields.String(allow_none=True, validate=validate.Length(max=255))

@@ -18,6 +18,7 @@ from .. import metrics
 from ..audit.services import record
 from ..database import db
 from ..errors import Conflict, InvalidCredentials, Unauthorized, ValidationFailed
+from .emails import InvalidEmail, canonical_email, lookup_form
 from .models import RevokedJwt, User
 from .passwords import hash_password, needs_rehash, verify_password
 
@@ -42,7 +43,7 @@ def _unused_referral_code() -> str:
 
 
 def find_by_email(email: str) -> User | None:
-    return db.session.scalar(sa.select(User).where(User.email == email.strip().lower()))
+    return db.session.scalar(sa.select(User).where(User.email == lookup_form(email)))
 
 
 def _account_exists(email: str, username: str) -> bool:
@@ -55,7 +56,10 @@ def _account_exists(email: str, username: str) -> bool:
 def register_user(
     *, email: str, username: str, password: str, full_name: str | None = None, referral_code: str | None = None
 ) -> User:
-    email = email.strip().lower()
+    try:
+        email = canonical_email(email)
+    except InvalidEmail as exc:
+        raise ValidationFailed({"email": [str(exc)]}) from None
     referrer = None
     if referral_code:
         referrer = db.session.scalar(sa.select(User).where(User.referral_code == referral_code.strip().upper()))
@@ -93,7 +97,7 @@ def authenticate(email: str, password: str) -> User:
     if user is None or not password_ok or not user.is_active:
         reason = "unknown_email" if user is None else ("inactive" if password_ok else "wrong_password")
         record("auth.login_failed", actor_id=user.id if user else None, resource_type="user",
-               resource_id=user.id if user else None, details={"email": email.strip().lower(), "reason": reason})
+               resource_id=user.id if user else None, details={"email": lookup_form(email), "reason": reason})
         metrics.count(metrics.auth_attempts, result="failure")
         db.session.commit()
         raise InvalidCredentials()

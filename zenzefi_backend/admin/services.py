@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..accounts import services as accounts
+from ..accounts.emails import search_form
 from ..accounts.models import User
 from ..audit.services import record
 from ..clock import ensure_utc, now
@@ -86,7 +87,7 @@ def list_users(*, search: str | None, is_active: bool | None, plan: str | None, 
                offset: int) -> dict[str, Any]:
     statement = sa.select(User).order_by(User.created_at.desc(), User.id.desc())
     if search:
-        needle = search.strip().lower()
+        needle = search_form(search)
         statement = statement.where(sa.or_(
             sa.func.lower(User.email).contains(needle, autoescape=True),
             sa.func.lower(User.username).contains(needle, autoescape=True),

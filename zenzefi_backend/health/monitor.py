@@ -28,6 +28,10 @@ def publish(app: Flask, report: dict[str, Any]) -> None:
 
 
 class HealthMonitor:
+    """The process's health report, refreshed by one background thread every `HEALTH_REFRESH_SECONDS` from the
+    first `/health` request on, so its timestamp is never older than that period plus one check's duration
+    (at most the checks' deadline). Requests only read it; they wait (briefly) only while there is none."""
+
     extension_key = "zenzefi-health"
 
     def __init__(self, app: Flask):
@@ -37,7 +41,7 @@ class HealthMonitor:
         self._report: dict[str, Any] | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
-        self._refreshing = False
+        self._running = False
         self._fresh = threading.Condition(self._lock)
 
     @classmethod
@@ -57,20 +61,26 @@ class HealthMonitor:
         with self._lock:
             if report is not None:
                 self._report, self._checked_at = report, time.monotonic()
-            self._refreshing = False
             self._fresh.notify_all()
 
-    def _start_refresh_locked(self) -> None:
-        if not self._refreshing:
-            self._refreshing = True
-            threading.Thread(target=self._refresh, name="health-refresh", daemon=True).start()
+    def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            self._refresh()
+            # Reports land one period apart: the next check starts a period after this one started.
+            time.sleep(max(0.0, started + self.refresh_seconds - time.monotonic()))
+
+    def _start_locked(self) -> None:
+        """Started lazily, in the serving process (a gunicorn worker), never before a fork."""
+        if not self._running:
+            self._running = True
+            threading.Thread(target=self._run, name="health-refresh", daemon=True).start()
 
     def current(self, wait_seconds: float) -> dict[str, Any] | None:
-        """The cached report; a stale one triggers a background refresh. Waits only if none is usable."""
+        """The cached report; waits up to `wait_seconds` only if there is none younger than the TTL."""
         with self._lock:
+            self._start_locked()
             age = time.monotonic() - self._checked_at
-            if self._report is None or age >= self.refresh_seconds:
-                self._start_refresh_locked()
             if self._report is None or age >= self.ttl_seconds:
                 self._fresh.wait(timeout=wait_seconds)
                 age = time.monotonic() - self._checked_at

@@ -35,8 +35,8 @@ class RatesSchema(BaseSchema):
 
 class MismatchSchema(BaseSchema):
     user_id = fields.String(required=True)
-    balance = fields.String(required=True)
-    ledger_sum = fields.String(required=True)
+    balance = MoneyField(required=True)
+    ledger_sum = MoneyField(required=True)
 
 
 class LedgerVerificationSchema(BaseSchema):

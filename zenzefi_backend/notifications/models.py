@@ -69,6 +69,9 @@ class WebhookEndpoint(UUIDPrimaryKey, Timestamps, db.Model):
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("users.id"), nullable=False, index=True)
     url: Mapped[str] = mapped_column(sa.String(2048), nullable=False)
     events: Mapped[list[str]] = mapped_column(sa.JSON, nullable=False, default=list)
+    # When each of `events` was subscribed to (ISO 8601): an endpoint gets only events that happened since.
+    subscribed_at: Mapped[dict[str, str]] = mapped_column(sa.JSON, nullable=False, default=dict,
+                                                          server_default=sa.text("'{}'"))
     secret_sealed: Mapped[str] = mapped_column(sa.Text, nullable=False)
     is_active: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=True)
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)

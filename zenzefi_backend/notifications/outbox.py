@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from blinker import Namespace
 from flask import current_app, has_app_context
 from redis.exceptions import RedisError
 
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 NUDGE_KEY = "zenzefi:outbox:nudge"
 NUDGE_DEBOUNCE_MS = 1000  # at most one extra relay run per second, however many commits wrote events
 RELAY_JOB = "zenzefi_backend.jobs.notifications.relay_outbox_job"  # by name: the worker imports it, not us
+# Sent (with the app as sender) after a commit that wrote events, on the embedded default.
+relay_wanted = Namespace().signal("outbox-relay-wanted")
 
 
 def emit(event_type: str, user_id: uuid.UUID | None, **payload: Any) -> OutboxEvent:
@@ -33,9 +36,12 @@ def emit(event_type: str, user_id: uuid.UUID | None, **payload: Any) -> OutboxEv
 
 
 def nudge_relay() -> None:
-    """Ask a worker to relay now. Only where jobs run in workers: inline jobs cannot run inside a commit, and
-    the embedded default's scheduler thread relays every minute anyway."""
-    if not has_app_context() or current_app.config["EMBEDDED"]:
+    """Ask for a relay run now: a worker's job where jobs run in workers; on the embedded default (inline jobs,
+    which cannot run inside a commit) whoever runs the schedule in this process listens to `relay_wanted`."""
+    if not has_app_context():
+        return
+    if current_app.config["EMBEDDED"]:
+        relay_wanted.send(current_app._get_current_object())
         return
     from ..extensions import get_queue, get_redis
 

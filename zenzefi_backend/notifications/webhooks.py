@@ -111,6 +111,23 @@ def _folded(events: list[str]) -> list[str]:
     return list(dict.fromkeys(events))
 
 
+def _subscribe(endpoint: WebhookEndpoint, events: list[str], moment: datetime) -> None:
+    """Set the endpoint's event types; a type it already had keeps its subscription time, a new one starts now."""
+    kept = {event_type: since for event_type, since in (endpoint.subscribed_at or {}).items()
+            if event_type in (endpoint.events or [])}
+    endpoint.events = _folded(events)
+    endpoint.subscribed_at = {event_type: kept.get(event_type, moment.isoformat()) for event_type in endpoint.events}
+
+
+def _subscribed_when(event: OutboxEvent, events: list[str], subscribed_at: dict[str, str] | None,
+                     created_at: datetime) -> bool:
+    """Whether an endpoint subscribed to the event's type by the time the event happened."""
+    if event.event_type not in events:
+        return False
+    since = (subscribed_at or {}).get(event.event_type)
+    return event.created_at >= (datetime.fromisoformat(since) if since else created_at)
+
+
 def _audit_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
     # Receivers sometimes put a token in the query string: the audit trail keeps the URL without it.
     return {"url": urlsplit(endpoint.url)._replace(query="").geturl(), "events": list(endpoint.events),
@@ -125,9 +142,11 @@ def create_endpoint(user: User, url: str, events: list[str]) -> CreatedEndpoint:
     if owned >= MAX_ENDPOINTS_PER_USER:
         raise TooManyEndpoints()
     secret = new_secret()
-    endpoint = WebhookEndpoint(id=uuid.uuid4(), user_id=user.id, url=url, events=_folded(events),
+    moment = now()
+    endpoint = WebhookEndpoint(id=uuid.uuid4(), user_id=user.id, url=url,
                                secret_sealed=seal(SEAL_PURPOSE, secret.encode()), is_active=True,
-                               consecutive_failures=0)
+                               consecutive_failures=0, created_at=moment, updated_at=moment)
+    _subscribe(endpoint, events, moment)
     db.session.add(endpoint)
     record("webhook_endpoint.created", actor_id=user.id, resource_type="webhook_endpoint", resource_id=endpoint.id,
            details=_audit_view(endpoint))
@@ -157,7 +176,7 @@ def update_endpoint(user: User, endpoint_id: uuid.UUID, changes: dict[str, Any])
         endpoint.url = _checked_url(changes["url"])
         endpoint.consecutive_failures = 0
     if "events" in changes:
-        endpoint.events = _folded(changes["events"])
+        _subscribe(endpoint, changes["events"], now())
     if "is_active" in changes and changes["is_active"] != endpoint.is_active:
         endpoint.is_active = changes["is_active"]
         if endpoint.is_active:
@@ -216,7 +235,8 @@ def send_test(user: User, endpoint_id: uuid.UUID) -> WebhookDelivery:
 
 
 def fan_out(event: OutboxEvent) -> int:
-    """One pending delivery per active endpoint of the event's user that subscribes to its type, in the caller's
+    """One pending delivery per active endpoint of the event's user that subscribed to its type before the event
+    happened (an endpoint never receives events from before it, or its subscription, existed), in the caller's
     transaction (the caller commits, then enqueues). Calling it twice for one event adds nothing the second
     time, also when two callers race: the (endpoint, message id) pair is unique and a duplicate is skipped
     without an error. Returns how many deliveries were added."""
@@ -224,10 +244,10 @@ def fan_out(event: OutboxEvent) -> int:
         return 0
     if event.id is None or event.created_at is None:
         db.session.flush()
-    subscribed = [endpoint_id for endpoint_id, events in db.session.execute(
-        sa.select(WebhookEndpoint.id, WebhookEndpoint.events)
+    subscribed = [endpoint_id for endpoint_id, events, subscribed_at, created_at in db.session.execute(
+        sa.select(WebhookEndpoint.id, WebhookEndpoint.events, WebhookEndpoint.subscribed_at, WebhookEndpoint.created_at)
         .where(WebhookEndpoint.user_id == event.user_id, WebhookEndpoint.is_active.is_(True))
-    ) if event.event_type in events]
+    ) if _subscribed_when(event, events, subscribed_at, created_at)]
     if not subscribed:
         return 0
     message_id = f"msg_{event.id.hex}"

@@ -93,8 +93,8 @@ def api_rate_key() -> str:
 
 
 def api_rate_message() -> str:
+    """What is limited; the 429 handler (limit_headers.py) adds the limit and when it frees up."""
     subject = rate_subject()
-    per_minute = api_limit_of(subject.plan)
     if subject.key.startswith("ip:"):
-        return f"Rate limit exceeded: {per_minute} API requests per minute from one address without signing in."
-    return f"Rate limit exceeded: {per_minute} API requests per minute on the {subject.plan} plan."
+        return "Too many API requests from this address without signing in"
+    return f"Too many API requests on the {subject.plan} plan"

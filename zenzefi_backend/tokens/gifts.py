@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..accounts.emails import canonical_email
 from ..accounts.models import User
 from ..audit.services import record
 from ..clock import now
@@ -82,7 +83,7 @@ def _rotate(token: AccessToken, old_hash: str, secret: str, recipient: str, mome
 
 
 def gift_token(user: User, token_id: uuid.UUID, recipient_email: str) -> dict[str, Any]:
-    recipient = recipient_email.strip().lower()
+    recipient = canonical_email(recipient_email)
     moment = now()
     token = get_own_token(user, token_id, for_update=True)
     _check_giftable(token, moment)

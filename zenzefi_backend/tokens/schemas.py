@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from ..accounts.schemas import valid_email_syntax
+from ..accounts.schemas import EmailAddress
 from ..pagination import PageQuerySchema
 from ..schemas import BaseSchema, MoneyField
 from .models import SCOPES, SOURCES
@@ -40,14 +40,13 @@ class PurchaseSchema(BaseSchema):
 
 
 class GiftSchema(BaseSchema):
-    recipient_email = fields.String(required=True, validate=[validate.Length(max=255), valid_email_syntax],
-                                    metadata={"format": "email",
-                                              "description": "Checked like a registration e-mail; stored lower-cased"})
+    recipient_email = EmailAddress(required=True, metadata={
+        "description": "Checked like a registration e-mail; stored in its normalised form"})
 
 
 class GiftResultSchema(BaseSchema):
     token_id = fields.UUID(required=True)
-    recipient_email = fields.String(required=True, metadata={"description": "Lower-cased"})
+    recipient_email = fields.String(required=True, metadata={"description": "Normalised (as registration e-mails are)"})
     gifted_at = fields.DateTime(required=True)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from ... import jsonbody
 from ...clock import now
 from ...errors import BadRequest
 from ...money import InvalidAmount, parse_amount
@@ -81,10 +81,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def strict_json(raw_body: bytes) -> Any:
     """JSON with numbers as Decimal, no NaN/Infinity and no duplicate keys; 400 otherwise."""
     try:
-        return json.loads(raw_body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constants,
-                          object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("The webhook body is not valid JSON.") from None
+        return jsonbody.loads(raw_body, parse_float=Decimal, parse_constant=_no_constants,
+                              object_pairs_hook=_unique_keys)
+    except jsonbody.MalformedJson as exc:
+        raise BadRequest(f"The webhook body is not valid JSON: {exc}.") from None
 
 
 def parse_event(raw_body: bytes) -> ProviderVerdict | None:
