@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from blinker import Namespace
 from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +24,11 @@ from .models import ProxySession
 from .state import DIRTY_SESSIONS, SESSION_KEY, redis_state, release_holder
 
 CLAIM_ATTEMPTS = 3
+
+# Sent inside the DB transaction that adds usage to a session row (a session opened, the counter flush, the
+# no-Redis path) with user_id, moment and the counts added; receivers write in that same transaction, so what
+# they derive (analytics' daily rollup) commits or rolls back with the row.
+usage_recorded = Namespace().signal("proxy.usage-recorded")
 
 
 class DeviceInUse(TryAgainLater):
@@ -68,6 +74,7 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
                 active.request_count += 1
                 active.bytes_in += bytes_in
                 active.ip_address = ip_address
+                usage_recorded.send(None, user_id=user_id, moment=moment, requests=1, bytes_in=bytes_in)
             db.session.commit()
             return active.id
         if active is not None:
@@ -91,6 +98,8 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
             continue
         emit("session.started", user_id, session_id=str(session.id), token_id=str(token_id), device_id=device_id,
              ip_address=ip_address)
+        usage_recorded.send(None, user_id=user_id, moment=moment, sessions=1, requests=session.request_count,
+                            bytes_in=session.bytes_in)
         db.session.commit()
         return session.id
     raise DeviceInUse(idle.total_seconds())
@@ -98,8 +107,11 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
 
 def add_bytes_out(session_id: uuid.UUID, count: int) -> None:
     """The no-Redis path: count the response bytes straight into the session row."""
-    db.session.execute(sa.update(ProxySession).where(ProxySession.id == session_id)
-                       .values(bytes_out=ProxySession.bytes_out + count))
+    user_id = db.session.scalar(sa.update(ProxySession).where(ProxySession.id == session_id)
+                                .values(bytes_out=ProxySession.bytes_out + count).returning(ProxySession.user_id)
+                                .execution_options(synchronize_session=False))
+    if user_id is not None:
+        usage_recorded.send(None, user_id=user_id, moment=now(), bytes_out=count)
     db.session.commit()
 
 
@@ -159,11 +171,17 @@ def _add_counters(session_id: uuid.UUID, values: dict[str, int]) -> None:
         "bytes_in": ProxySession.bytes_in + values.get("bytes_in", 0),
         "bytes_out": ProxySession.bytes_out + values.get("bytes_out", 0),
     }
+    seen = None
     if values.get("last_activity"):
         seen = datetime.fromtimestamp(values["last_activity"] / 1000, now().tzinfo)
         changes["last_activity"] = sa.case((ProxySession.last_activity < seen, seen),
                                            else_=ProxySession.last_activity)
-    db.session.execute(sa.update(ProxySession).where(ProxySession.id == session_id).values(**changes))
+    user_id = db.session.scalar(sa.update(ProxySession).where(ProxySession.id == session_id).values(**changes)
+                                .returning(ProxySession.user_id).execution_options(synchronize_session=False))
+    if user_id is not None:
+        # Counted on the day of the last request in this batch (responses' bytes alone: the day of the flush).
+        usage_recorded.send(None, user_id=user_id, moment=seen or now(), requests=values.get("requests", 0),
+                            bytes_in=values.get("bytes_in", 0), bytes_out=values.get("bytes_out", 0))
     db.session.commit()
 
 
