@@ -85,6 +85,7 @@
       const cell = document.createElement("th");
       cell.scope = "col";
       cell.textContent = column.label;
+      if (column.numeric) cell.className = "number";
       head.appendChild(cell);
     }
     const tbody = table.createTBody();
