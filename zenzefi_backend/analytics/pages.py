@@ -9,6 +9,8 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from flask_talisman import DENY, Talisman
 
+PROXY_BLUEPRINT = "proxy"  # the upstream's own answers: forwarded with their headers untouched (SPEC §3.6)
+
 pages = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                   static_url_path="/dashboard/static")
 
@@ -45,10 +47,11 @@ def admin_dashboard() -> Response:
 
 class PageSecurityHeaders(Talisman):
     """flask-talisman's headers on the HTML pages the app renders (the dashboards, the mock provider's checkout,
-    any later page) and nowhere else: JSON answers and proxied bytes are left as they are, and so are the API docs
-    (`/docs`, `/redoc`), which bring their own policy. A page that sets its own Content-Security-Policy (the
-    checkout allows only its inline style and no script at all) keeps it; every other header is Talisman's.
-    HTTPS is never forced here: TLS ends at the reverse proxy in front of us (ops/nginx)."""
+    any later page) and nowhere else: JSON answers and whatever the upstream sends through the proxy (HTML too) are
+    left as they are, and so are the API docs (`/docs`, `/redoc`), which bring their own policy. A page that sets
+    its own Content-Security-Policy (the checkout allows only its inline style and no script at all) keeps it;
+    every other header is Talisman's. HTTPS is never forced here: TLS ends at the reverse proxy in front of us
+    (ops/nginx)."""
 
     def init_app(self, app: Flask, **options) -> None:
         settings = {
@@ -62,7 +65,7 @@ class PageSecurityHeaders(Talisman):
         super().init_app(app, **settings)
 
     def _set_response_headers(self, response: Response) -> Response:
-        if response.mimetype != "text/html" or _is_api_docs(request.path):
+        if response.mimetype != "text/html" or request.blueprint == PROXY_BLUEPRINT or _is_api_docs(request.path):
             return response
         own_policy = response.headers.get("Content-Security-Policy")
         super()._set_response_headers(response)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 from flask_jwt_extended import current_user, jwt_required
+from marshmallow import RAISE
 
 from ..accounts.auth import superuser_required
 from ..openapi import BEARER, Blueprint, errors
@@ -17,7 +18,7 @@ class Usage(MethodView):
     decorators = [jwt_required()]
 
     @blp.doc(security=BEARER)
-    @blp.arguments(PeriodQuerySchema, location="query")
+    @blp.arguments(PeriodQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, UsageSchema)
     @errors(401, 422, 429)
     def get(self, query):
@@ -40,7 +41,7 @@ class Global(MethodView):
     decorators = [superuser_required]
 
     @blp.doc(security=BEARER)
-    @blp.arguments(PeriodQuerySchema, location="query")
+    @blp.arguments(PeriodQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, GlobalSchema)
     @errors(401, 403, 422, 429)
     def get(self, query):

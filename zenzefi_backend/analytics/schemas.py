@@ -1,7 +1,9 @@
 """Analytics schemas: what every figure means is written here, where OpenAPI shows it."""
 from __future__ import annotations
 
-from marshmallow import fields, validate
+from typing import Any
+
+from marshmallow import ValidationError, fields, pre_load, validate
 
 from ..schemas import BaseSchema, MoneyField
 from .services import PERIOD_DAYS
@@ -16,7 +18,7 @@ def _money(description: str) -> MoneyField:
 
 
 class PeriodQuerySchema(BaseSchema):
-    """`?period=`; any other query parameter is a 422."""
+    """`?period=`; any other query parameter is a 422 (the routes load it with `unknown=RAISE`)."""
 
     period = fields.String(
         load_default="month", validate=validate.OneOf(list(PERIOD_DAYS)),
@@ -24,6 +26,13 @@ class PeriodQuerySchema(BaseSchema):
                                  "`month` = the last 30 days (today included). Default `month`.",
                   "enum": list(PERIOD_DAYS)},
     )
+
+    @pre_load
+    def one_period(self, data: Any, **kwargs: Any) -> Any:
+        """`?period=day&period=month` is ambiguous: a 422, not whichever comes first."""
+        if hasattr(data, "getlist") and len(data.getlist("period")) > 1:
+            raise ValidationError({"period": ["Give one period."]})
+        return data
 
 
 class _Window(BaseSchema):
