@@ -41,8 +41,15 @@ def upgrade():
         sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_usage_daily_user_id_users')),
         sa.PrimaryKeyConstraint('user_id', 'day', name=op.f('pk_usage_daily')),
     )
-    op.create_index('ix_usage_daily_day', 'usage_daily', ['day'], unique=False,
-                    postgresql_include=['user_id', 'requests', 'bytes_in', 'bytes_out'])
+    op.create_index('ix_usage_daily_day', 'usage_daily', ['day'], unique=False)
+    op.create_table(
+        'usage_last_active',
+        sa.Column('user_id', sa.Uuid(), nullable=False),
+        sa.Column('day', sa.Date(), nullable=False),
+        sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_usage_last_active_user_id_users')),
+        sa.PrimaryKeyConstraint('user_id', name=op.f('pk_usage_last_active')),
+    )
+    op.create_index(op.f('ix_usage_last_active_day'), 'usage_last_active', ['day'], unique=False)
     op.create_table(
         'ledger_daily',
         sa.Column('day', sa.Date(), nullable=False),
@@ -56,6 +63,9 @@ def upgrade():
         'analytics_closed_days',
         sa.Column('day', sa.Date(), nullable=False),
         sa.Column('new_users', sa.Integer(), nullable=False),
+        sa.Column('dau', sa.Integer(), nullable=False),
+        sa.Column('requests', sa.BigInteger(), nullable=False),
+        sa.Column('bytes', sa.BigInteger(), nullable=False),
         sa.Column('closed_at', sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('day', name=op.f('pk_analytics_closed_days')),
     )
@@ -65,8 +75,8 @@ def upgrade():
 
 
 def _build_rollups():
-    """The rollups of the data already stored: each session's counters on the day it started; the ledger and the
-    sign-ups of every day that is over."""
+    """The rollups of the data already stored: each session's counters on the day it started, each user's last
+    active day; the ledger, sign-ups and everyone's usage of every day that is over."""
     bind = op.get_bind()
     dialect = bind.dialect.name
     session_day = _utc_day('started_at', dialect)
@@ -74,6 +84,10 @@ def _build_rollups():
         f"INSERT INTO usage_daily (user_id, day, requests, bytes_in, bytes_out, sessions) "
         f"SELECT user_id, {session_day}, SUM(request_count), SUM(bytes_in), SUM(bytes_out), COUNT(*) "
         f"FROM proxy_sessions GROUP BY user_id, {session_day}"
+    ))
+    bind.execute(sa.text(
+        "INSERT INTO usage_last_active (user_id, day) "
+        "SELECT user_id, MAX(day) FROM usage_daily WHERE requests > 0 GROUP BY user_id"
     ))
 
     moment = datetime.now(UTC)
@@ -93,11 +107,20 @@ def _build_rollups():
             .bindparams(until)
         )
     }
+    usage = {
+        _as_date(day): (dau, requests, size) for day, dau, requests, size in bind.execute(
+            sa.text("SELECT day, SUM(CASE WHEN requests > 0 THEN 1 ELSE 0 END), SUM(requests), "
+                    "SUM(bytes_in + bytes_out) FROM usage_daily WHERE day < :until GROUP BY day").bindparams(until)
+        )
+    }
     closed = sa.table('analytics_closed_days', sa.column('day', sa.Date()), sa.column('new_users', sa.Integer()),
-                      sa.column('closed_at', sa.DateTime(timezone=True)))
+                      sa.column('dau', sa.Integer()), sa.column('requests', sa.BigInteger()),
+                      sa.column('bytes', sa.BigInteger()), sa.column('closed_at', sa.DateTime(timezone=True)))
     rows, day = [], first
     while day <= last:
-        rows.append({'day': day, 'new_users': new_users.get(day, 0), 'closed_at': moment})
+        dau, requests, size = usage.get(day, (0, 0, 0))
+        rows.append({'day': day, 'new_users': new_users.get(day, 0), 'dau': dau, 'requests': requests,
+                     'bytes': size, 'closed_at': moment})
         day += timedelta(days=1)
     op.bulk_insert(closed, rows)
     bind.execute(sa.text(
@@ -113,5 +136,7 @@ def downgrade():
     op.drop_index('ix_transactions_created_at', table_name='transactions')
     op.drop_table('analytics_closed_days')
     op.drop_table('ledger_daily')
+    op.drop_index(op.f('ix_usage_last_active_day'), table_name='usage_last_active')
+    op.drop_table('usage_last_active')
     op.drop_index('ix_usage_daily_day', table_name='usage_daily')
     op.drop_table('usage_daily')

@@ -3,6 +3,7 @@ path, when a session opens; finished days of the ledger closed once; and built b
 already stored."""
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -16,12 +17,13 @@ from tests.proxy.conftest import DEVICE_A, DEVICE_B, use_database_only
 from tests.support import postgres_only, race
 from zenzefi_backend import clock
 from zenzefi_backend.analytics import rollups
-from zenzefi_backend.analytics.models import ClosedDay, LedgerDay, UsageDay
+from zenzefi_backend.analytics.models import ClosedDay, LastActive, LedgerDay, UsageDay
 from zenzefi_backend.extensions import db
 from zenzefi_backend.ledger.models import Transaction
 from zenzefi_backend.proxy.models import ProxySession
 from zenzefi_backend.proxy.sessions import flush_counters
 
+from .helpers import forget_cached_figures, global_figures, usage
 from .scenario import at
 
 BODY = b"b" * 123
@@ -92,8 +94,8 @@ def test_a_failed_flush_rolls_back_the_rollup_with_the_row_and_the_retry_counts_
     real = rollups.add_usage_in_transaction
     failures = []
 
-    def fail_once(*args, **kwargs):
-        real(*args, **kwargs)  # written, then the transaction fails before it commits
+    def fail_once(usages):
+        real(usages)  # written, then the transaction fails before it commits
         if not failures:
             failures.append(1)
             raise sa.exc.OperationalError("UPDATE", {}, Exception("connection lost"))
@@ -140,6 +142,71 @@ def test_simultaneous_first_requests_open_and_count_one_session(env):
     assert session_totals(env)[3] == 1
     assert rollup_totals(env)[3] == 1
     assert rollup_totals(env)[:3] == session_totals(env)[:3]
+
+
+def test_usage_flushed_after_its_day_was_closed_counts_on_the_day_it_is_flushed(env, accounts):
+    admin = accounts.signed_in(superuser=True)
+    token = env.buy(duration_hours=24)
+    user_id = uuid.UUID(token["user"]["id"])
+    today = clock.now().date()
+    yesterday = today - timedelta(days=1)
+    with at(datetime.combine(yesterday, time(23, 59, 30), UTC)):
+        answered = traffic(env, token, 3)  # the session opened yesterday; its requests wait in Redis
+    with at(datetime.combine(today, time(0, 6), UTC)):
+        with env.ctx():
+            assert rollups.close_days() >= 1  # yesterday is closed before the (delayed) flush ran
+        before = global_figures(env.client, admin, "week")
+        env.flush_counters()
+        forget_cached_figures(env.app)
+        after = global_figures(env.client, admin, "week")
+        mine = usage(env.client, token["user"], "week")
+    assert usage_rows(env) == [(user_id, yesterday, 0, 0, 0, 1), (user_id, today, 3, 3 * len(BODY), answered, 0)]
+    assert before["daily"][-2] == after["daily"][-2]  # the closed day did not change
+    assert after["daily"][-2]["requests"] == 0 and after["daily"][-1]["requests"] == 3
+    assert [day["requests"] for day in mine["daily"][-2:]] == [0, 3]
+    with env.ctx():
+        assert db.session.get(LastActive, user_id).day == today
+
+
+def test_a_flush_that_meets_the_closing_of_its_day_waits_and_counts_on_today(env, monkeypatch):
+    """The closing of yesterday has summed its usage but not committed yet when a flush brings more of yesterday's
+    counters: the flush waits for the closing, then counts them on today, so the closed day's totals stay equal
+    to its rows."""
+    token = env.buy(duration_hours=24)
+    user_id = uuid.UUID(token["user"]["id"])
+    today = clock.now().date()
+    yesterday = today - timedelta(days=1)
+    with at(datetime.combine(yesterday, time(23, 59, 50), UTC)):
+        answered = traffic(env, token, 2)
+    summed, flushed = threading.Event(), threading.Event()
+    real = rollups.ledger_totals
+
+    def pause_before_commit(*args):  # close_day calls it once the day's usage is summed, before committing
+        summed.set()
+        flushed.wait(timeout=2)  # a flush that does not wait for the closing gets in here
+        return real(*args)
+
+    monkeypatch.setattr(rollups, "ledger_totals", pause_before_commit)
+
+    def close() -> None:
+        with env.app.app_context():
+            assert rollups.close_day(yesterday)
+
+    def flush() -> None:
+        assert summed.wait(timeout=10)
+        assert env.flush_counters() == 1
+        flushed.set()
+
+    with at(datetime.combine(today, time(0, 6), UTC)):
+        threads = [threading.Thread(target=close), threading.Thread(target=flush)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    with env.ctx():
+        closed = db.session.get(ClosedDay, yesterday)
+        assert (closed.dau, closed.requests, closed.bytes) == (0, 0, 0)
+    assert usage_rows(env) == [(user_id, yesterday, 0, 0, 0, 1), (user_id, today, 2, 2 * len(BODY), answered, 0)]
 
 
 def closed_days(env) -> list[date]:

@@ -2,9 +2,13 @@
 
 - `usage_daily`: one row per user and UTC day with the proxy usage counted that day (written in the same DB
   transaction that adds the usage to the session rows: see rollups.py).
-- `ledger_daily` + `analytics_closed_days`: the ledger summed per UTC day, transaction type and reference type,
-  and the users registered that day, written once a day is over (a closed day never changes again). Days not
-  closed yet (today, and yesterday during the first minutes after midnight) are read live from `transactions`.
+- `usage_last_active`: each user's latest UTC day with a proxied request, so "users active since day X" (MAU,
+  active users of a period) is one index range count, not a distinct count over a month of rows.
+- `ledger_daily` + `analytics_closed_days`: once a UTC day is over, its ledger entries summed per transaction type
+  and reference type, and its sign-ups, daily active users, requests and bytes. A closed day never changes again
+  (usage flushed after its day was closed counts on the day it is flushed). Days not closed yet (today, and
+  yesterday during the first minutes after midnight) are read live from `transactions`, `users` and
+  `usage_daily`.
 """
 from __future__ import annotations
 
@@ -27,10 +31,7 @@ class UsageDay(db.Model):
     """One user's proxy usage on one UTC day."""
 
     __tablename__ = "usage_daily"
-    __table_args__ = (
-        # The global figures scan a range of days; PostgreSQL answers them from the index alone.
-        sa.Index("ix_usage_daily_day", "day", postgresql_include=["user_id", "requests", "bytes_in", "bytes_out"]),
-    )
+    __table_args__ = (sa.Index("ix_usage_daily_day", "day"),)  # closing a day, and today's global figures
 
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("users.id"), primary_key=True)
     day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
@@ -38,6 +39,15 @@ class UsageDay(db.Model):
     bytes_in: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0)
     bytes_out: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0)
     sessions: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+
+
+class LastActive(db.Model):
+    """A user's latest UTC day with at least one proxied request."""
+
+    __tablename__ = "usage_last_active"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("users.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, nullable=False, index=True)
 
 
 class LedgerDay(db.Model):
@@ -53,12 +63,15 @@ class LedgerDay(db.Model):
 
 
 class ClosedDay(db.Model):
-    """A UTC day whose ledger rollup is complete, and the users registered that day."""
+    """A UTC day whose rollups are final: its ledger rollup is complete, and its everyone-together figures."""
 
     __tablename__ = "analytics_closed_days"
 
     day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
     new_users: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    dau: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    requests: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    bytes: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
     closed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 

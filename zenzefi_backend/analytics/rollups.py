@@ -1,22 +1,25 @@
 """Writing the daily rollups. Nothing here runs on the warm proxy path.
 
 Proxy usage: the proxy announces every addition to a session row (`proxy.sessions.usage_recorded`) inside the DB
-transaction that makes it — the periodic counter flush, which moves each session's counters out of Redis
+transaction that makes it — the periodic counter flush, which moves a batch of sessions' counters out of Redis
 exactly once (an atomic take; the second of two overlapping flushes finds nothing); a session opened; and,
-while Redis is down, each request and response. The same numbers are added here to the user's row of that UTC
+while Redis is down, each request and response. The same numbers are added here to the users' rows of that UTC
 day in that same transaction (`INSERT … ON CONFLICT DO UPDATE SET requests = requests + excluded.requests`), so
 the rollup and the session rows commit or roll back together: a delta counted once in the rows is counted once
 here.
 
-Ledger and sign-ups: once a UTC day is over (plus CLOSE_AFTER, longer than any DB transaction that stamped an
-entry before committing it), `close_days` sums its ledger entries by type and reference type and counts its
-new users, once: the day's `analytics_closed_days` row is inserted first, and a second worker closing the same
-day finds it there and does nothing.
+Ledger, sign-ups and everyone's usage: once a UTC day is over (plus CLOSE_AFTER, longer than any DB transaction
+that stamped an entry before committing it, and than the flush's lag), `close_days` sums its ledger entries by
+type and reference type, counts its new users, daily active users, requests and bytes, once: the day's
+`analytics_closed_days` row is inserted first, and a second worker closing the same day finds it there and does
+nothing. From then on the day never changes: usage flushed later counts on the day it is flushed.
 """
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
@@ -25,9 +28,9 @@ from ..accounts.models import User
 from ..clock import now
 from ..database import db
 from ..ledger.models import Transaction
-from ..proxy.sessions import usage_recorded
+from ..proxy.sessions import Usage, usage_recorded
 from .expressions import day_end, day_start, upsert_for, utc_date
-from .models import ClosedDay, LedgerDay, UsageDay
+from .models import ClosedDay, LastActive, LedgerDay, UsageDay
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,35 @@ CLOSE_AFTER = timedelta(minutes=5)
 REFERENCE_TYPE = sa.func.coalesce(Transaction.reference_type, "")
 
 
-def add_usage_in_transaction(user_id: uuid.UUID, day: date, *, requests: int = 0, bytes_in: int = 0,
-                             bytes_out: int = 0, sessions: int = 0) -> None:
-    """Add to the user's row of `day` (created at the first addition). Joins the caller's transaction."""
-    insert = upsert_for(db.session)(UsageDay).values(user_id=user_id, day=day, requests=requests,
-                                                     bytes_in=bytes_in, bytes_out=bytes_out, sessions=sessions)
+def add_usage_in_transaction(usages: Iterable[Usage]) -> None:
+    """Add each usage to its user's row of its UTC day (created at the first addition) and move the user's last
+    active day forward, in statements whose rows are in (user, day) order, the same lock order on every worker.
+    Usage of a day already closed (a flush delayed past CLOSE_AFTER) counts on today instead: a closed day never
+    changes. Joins the caller's transaction."""
+    today = now().date()
+    usages = list(usages)
+    last_closed = None
+    past_days = sorted({usage.moment.date() for usage in usages if usage.moment.date() < today})
+    if past_days:  # rare (around midnight, or a delayed flush): wait for any closing of these days to finish
+        for day in past_days:
+            _lock_day(day, exclusive=False)
+        last_closed = db.session.scalar(sa.select(sa.func.max(ClosedDay.day)))
+    totals: dict[tuple[uuid.UUID, date], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for usage in usages:
+        day = usage.moment.date()
+        if last_closed is not None and day <= last_closed:
+            day = max(today, last_closed + timedelta(days=1))
+        total = totals[(usage.user_id, day)]
+        for index, count in enumerate((usage.requests, usage.bytes_in, usage.bytes_out, usage.sessions)):
+            total[index] += count
+    rows = [{"user_id": user_id, "day": day, "requests": requests, "bytes_in": bytes_in, "bytes_out": bytes_out,
+             "sessions": sessions}
+            for (user_id, day), (requests, bytes_in, bytes_out, sessions) in sorted(totals.items()) if
+            requests or bytes_in or bytes_out or sessions]
+    if not rows:
+        return
+    upsert = upsert_for(db.session)
+    insert = upsert(UsageDay).values(rows)
     db.session.execute(insert.on_conflict_do_update(
         index_elements=[UsageDay.user_id, UsageDay.day],
         set_={
@@ -49,13 +76,20 @@ def add_usage_in_transaction(user_id: uuid.UUID, day: date, *, requests: int = 0
             "sessions": UsageDay.sessions + insert.excluded.sessions,
         },
     ))
+    latest: dict[uuid.UUID, date] = {}
+    for row in rows:
+        if row["requests"]:
+            latest[row["user_id"]] = max(row["day"], latest.get(row["user_id"], row["day"]))
+    if latest:
+        active = upsert(LastActive).values([{"user_id": user, "day": day} for user, day in sorted(latest.items())])
+        db.session.execute(active.on_conflict_do_update(
+            index_elements=[LastActive.user_id], set_={"day": active.excluded.day},
+            where=LastActive.day < active.excluded.day,  # written once a day per user, never moved back
+        ))
 
 
-def _on_usage_recorded(_sender: object, *, user_id: uuid.UUID, moment: datetime, requests: int = 0,
-                       bytes_in: int = 0, bytes_out: int = 0, sessions: int = 0) -> None:
-    if requests or bytes_in or bytes_out or sessions:
-        add_usage_in_transaction(user_id, moment.date(), requests=requests, bytes_in=bytes_in,
-                                 bytes_out=bytes_out, sessions=sessions)
+def _on_usage_recorded(_sender: object, *, usages: list[Usage]) -> None:
+    add_usage_in_transaction(usages)
 
 
 def subscribe() -> None:
@@ -95,25 +129,53 @@ def _first_unclosed_day(last: date) -> date:
     latest = db.session.scalar(sa.select(sa.func.max(ClosedDay.day)))
     if latest is not None:
         return latest + timedelta(days=1)
-    earliest = [moment for moment in (db.session.scalar(sa.select(sa.func.min(User.created_at))),
-                                      db.session.scalar(sa.select(sa.func.min(Transaction.created_at))))
+    earliest = [moment.date() for moment in (db.session.scalar(sa.select(sa.func.min(User.created_at))),
+                                             db.session.scalar(sa.select(sa.func.min(Transaction.created_at))))
                 if moment is not None]
-    return min(moment.date() for moment in earliest) if earliest else last
+    earliest += [day for day in [db.session.scalar(sa.select(sa.func.min(UsageDay.day)))] if day is not None]
+    return min(earliest) if earliest else last
+
+
+DAY_LOCKS = 0x5A41  # the namespace of the advisory locks that keep a day's closing apart from writes to it
+
+
+def _lock_day(day: date, *, exclusive: bool) -> None:
+    """Until the transaction ends: shared by writers of usage on `day`, exclusive for closing it (PostgreSQL).
+    SQLite needs none: a transaction that has written holds the whole database's write lock until it ends."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        db.session.execute(sa.select(getattr(sa.func, function)(DAY_LOCKS, day.toordinal())))
+
+
+def usage_totals() -> sa.Select:
+    """(day, dau, requests, bytes) of everyone's usage per day; add a WHERE on UsageDay.day."""
+    return (sa.select(UsageDay.day, sa.func.count(sa.case((UsageDay.requests > 0, 1))).label("dau"),
+                      sa.func.coalesce(sa.func.sum(UsageDay.requests), 0).label("requests"),
+                      sa.func.coalesce(sa.func.sum(UsageDay.bytes_in + UsageDay.bytes_out), 0).label("bytes"))
+            .group_by(UsageDay.day))
 
 
 def close_day(day: date) -> bool:
-    """Roll one finished day up; False if another worker already did. Commits."""
+    """Roll one finished day up; False if another worker already did. Commits.
+
+    The day's row is claimed first; then, with the day locked against writers of its usage (who, once it is
+    closed, count on today instead), its usage is summed: nothing can land on the day after that."""
     start, end = day_start(day), day_end(day)
     new_users = sa.select(sa.func.count()).select_from(User).where(User.created_at >= start, User.created_at < end)
     claimed = db.session.execute(
         upsert_for(db.session)(ClosedDay)
-        .values(day=day, new_users=new_users.scalar_subquery(), closed_at=now())
+        .values(day=day, new_users=new_users.scalar_subquery(), dau=0, requests=0, bytes=0, closed_at=now())
         .on_conflict_do_nothing(index_elements=[ClosedDay.day])
         .returning(ClosedDay.day)
     ).first()
     if claimed is None:
         db.session.rollback()
         return False
+    _lock_day(day, exclusive=True)
+    usage = db.session.execute(usage_totals().where(UsageDay.day == day)).first()
+    if usage is not None:
+        db.session.execute(sa.update(ClosedDay).where(ClosedDay.day == day)
+                           .values(dau=usage.dau, requests=usage.requests, bytes=usage.bytes))
     totals = ledger_totals(start, end).subquery()
     db.session.execute(sa.insert(LedgerDay).from_select(
         ["day", "transaction_type", "reference_type", "entries", "amount"],

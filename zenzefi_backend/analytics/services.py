@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,8 +23,8 @@ from ..proxy.models import ProxySession
 from ..tokens.models import AccessToken
 from ..tokens.services import status_condition
 from .expressions import day_end, day_start, seconds_between, utc_date
-from .models import ClosedDay, LedgerDay, UsageDay
-from .rollups import ledger_totals, new_users_by_day
+from .models import ClosedDay, LastActive, LedgerDay, UsageDay
+from .rollups import ledger_totals, new_users_by_day, usage_totals
 
 PERIOD_DAYS = {"day": 1, "week": 7, "month": 30}
 MAU_DAYS = 30
@@ -143,55 +143,65 @@ MONEY_FIGURES = ("revenue_znc", "refunds_znc", "deposits_znc", "referral_bonuses
 COUNT_FIGURES = ("new_users", "token_purchases", "bundle_purchases")
 
 
-def _ledger_by_day(window: Window) -> dict[date, LedgerDayFigures]:
-    """Closed days from their rollup; the others (today, or any day not closed yet) live from the ledger."""
-    figures: dict[date, LedgerDayFigures] = defaultdict(LedgerDayFigures)
-    closed = dict(db.session.execute(
-        sa.select(ClosedDay.day, ClosedDay.new_users).where(ClosedDay.day >= window.first, ClosedDay.day <= window.last)
-    ).all())
-    for day, new_users in closed.items():
-        figures[day].new_users = new_users
+@dataclass
+class DayFigures:
+    """Everyone's figures of one day: usage and sign-ups, and the money tallied from the ledger."""
+
+    dau: int = 0
+    requests: int = 0
+    bytes: int = 0
+    ledger: LedgerDayFigures = field(default_factory=LedgerDayFigures)
+
+
+def _days_of(window: Window) -> dict[date, DayFigures]:
+    """Closed days from their rollups; the others (today, or any day not closed yet) live from the ledger, the
+    users and the usage rollup — a day or two of rows."""
+    figures: dict[date, DayFigures] = defaultdict(DayFigures)
+    closed = db.session.execute(
+        sa.select(ClosedDay.day, ClosedDay.new_users, ClosedDay.dau, ClosedDay.requests, ClosedDay.bytes)
+        .where(ClosedDay.day >= window.first, ClosedDay.day <= window.last)
+    ).all()
+    for row in closed:
+        figures[row.day] = DayFigures(row.dau, row.requests, row.bytes, LedgerDayFigures(new_users=row.new_users))
     for row in db.session.execute(
         sa.select(LedgerDay.day, LedgerDay.transaction_type, LedgerDay.reference_type, LedgerDay.entries,
                   LedgerDay.amount)
         .where(LedgerDay.day >= window.first, LedgerDay.day <= window.last)
     ):
-        figures[row.day].add(row.transaction_type, row.reference_type, row.entries, _money(row.amount))
-    open_days = [day for day in window.days if day not in closed]
-    if open_days:
-        live_start = day_start(open_days[0])
-        for row in db.session.execute(ledger_totals(live_start, window.end_time)):
-            if row.day not in closed:
-                figures[row.day].add(row.transaction_type, row.reference_type, row.entries, _money(row.amount))
-        for day, new_users in db.session.execute(new_users_by_day(live_start, window.end_time)):
-            if day not in closed:
-                figures[day].new_users = new_users
+        figures[row.day].ledger.add(row.transaction_type, row.reference_type, row.entries, _money(row.amount))
+    closed_days = {row.day for row in closed}
+    open_days = [day for day in window.days if day not in closed_days]
+    if not open_days:
+        return figures
+    live_start = day_start(open_days[0])
+    for row in db.session.execute(ledger_totals(live_start, window.end_time)):
+        if row.day not in closed_days:
+            figures[row.day].ledger.add(row.transaction_type, row.reference_type, row.entries, _money(row.amount))
+    for day, new_users in db.session.execute(new_users_by_day(live_start, window.end_time)):
+        if day not in closed_days:
+            figures[day].ledger.new_users = new_users
+    for row in db.session.execute(usage_totals().where(UsageDay.day >= open_days[0], UsageDay.day <= window.last)):
+        if row.day not in closed_days:
+            figures[row.day].dau, figures[row.day].requests, figures[row.day].bytes = \
+                row.dau, int(row.requests), int(row.bytes)
     return figures
 
 
 def global_figures(window: Window) -> dict[str, Any]:
     """Everyone's figures for the window (GET /analytics/admin/global)."""
-    usage = {row.day: row for row in db.session.execute(
-        sa.select(UsageDay.day, sa.func.count(sa.case((UsageDay.requests > 0, 1))).label("dau"),
-                  sa.func.sum(UsageDay.requests).label("requests"),
-                  sa.func.sum(UsageDay.bytes_in + UsageDay.bytes_out).label("bytes"))
-        .where(UsageDay.day >= window.first, UsageDay.day <= window.last)
-        .group_by(UsageDay.day)
-    )}
     mau_first = window.last - timedelta(days=MAU_DAYS - 1)
     active_users, mau = db.session.execute(
-        sa.select(sa.func.count(sa.distinct(sa.case((UsageDay.day >= window.first, UsageDay.user_id)))),
-                  sa.func.count(sa.distinct(UsageDay.user_id)))
-        .where(UsageDay.day >= mau_first, UsageDay.day <= window.last, UsageDay.requests > 0)
+        sa.select(sa.func.count(sa.case((LastActive.day >= window.first, 1))), sa.func.count())
+        .where(LastActive.day >= mau_first)
     ).one()
-    ledger = _ledger_by_day(window)
+    days = _days_of(window)
 
     daily = []
     for day in window.days:
-        row, money = usage.get(day), ledger.get(day) or LedgerDayFigures()
-        entry: dict[str, Any] = {"date": day, "dau": row.dau if row else 0, "requests": int(row.requests) if row else 0,
-                                 "bytes": int(row.bytes) if row else 0}
-        entry.update({name: getattr(money, name) for name in COUNT_FIGURES + MONEY_FIGURES})
+        figures = days.get(day) or DayFigures()
+        entry: dict[str, Any] = {"date": day, "dau": figures.dau, "requests": figures.requests,
+                                 "bytes": figures.bytes}
+        entry.update({name: getattr(figures.ledger, name) for name in COUNT_FIGURES + MONEY_FIGURES})
         daily.append(entry)
     totals: dict[str, Any] = {name: sum(entry[name] for entry in daily) for name in COUNT_FIGURES}
     totals.update({name: sum((entry[name] for entry in daily), ZERO) for name in MONEY_FIGURES})
