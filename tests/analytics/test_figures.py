@@ -7,7 +7,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from zenzefi_backend.analytics.models import ClosedDay, UsageDay
+from zenzefi_backend.analytics.models import ClosedDay, LastActive, UsageDay
 from zenzefi_backend.extensions import db
 from zenzefi_backend.jobs.proxy import sweep_proxy_sessions
 
@@ -52,3 +52,6 @@ def test_the_usage_rollup_holds_each_users_day(env):
         (bob, scenario.day(1), 3, 0, 3000, 1),
         (alice, scenario.day(0), 3, 0, 3000, 1),
     ]
+    with env.ctx():
+        last_active = dict(db.session.execute(sa.select(LastActive.user_id, LastActive.day)).all())
+    assert last_active == {alice: scenario.day(0), bob: scenario.day(1)}

@@ -56,11 +56,11 @@ def day_end(day: date) -> datetime:
     return day_start(day + timedelta(days=1))
 
 
-def upsert_for(session) -> type:
-    """The dialect's INSERT with ON CONFLICT support."""
+def upsert_for(session_or_dialect) -> type:
+    """The dialect's INSERT with ON CONFLICT support (for a session, or a dialect's name)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    dialect = session.get_bind().dialect.name
+    dialect = session_or_dialect if isinstance(session_or_dialect, str) else session_or_dialect.get_bind().dialect.name
     try:
         return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
     except KeyError:

@@ -21,6 +21,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
+from functools import cache
 
 import sqlalchemy as sa
 
@@ -65,27 +66,36 @@ def add_usage_in_transaction(usages: Iterable[Usage]) -> None:
             requests or bytes_in or bytes_out or sessions]
     if not rows:
         return
-    upsert = upsert_for(db.session)
-    insert = upsert(UsageDay).values(rows)
-    db.session.execute(insert.on_conflict_do_update(
-        index_elements=[UsageDay.user_id, UsageDay.day],
-        set_={
-            "requests": UsageDay.requests + insert.excluded.requests,
-            "bytes_in": UsageDay.bytes_in + insert.excluded.bytes_in,
-            "bytes_out": UsageDay.bytes_out + insert.excluded.bytes_out,
-            "sessions": UsageDay.sessions + insert.excluded.sessions,
-        },
-    ))
+    add_usage, move_last_active = _usage_statements(db.session.get_bind().dialect.name)
+    db.session.execute(add_usage, rows)
     latest: dict[uuid.UUID, date] = {}
     for row in rows:
         if row["requests"]:
             latest[row["user_id"]] = max(row["day"], latest.get(row["user_id"], row["day"]))
     if latest:
-        active = upsert(LastActive).values([{"user_id": user, "day": day} for user, day in sorted(latest.items())])
-        db.session.execute(active.on_conflict_do_update(
-            index_elements=[LastActive.user_id], set_={"day": active.excluded.day},
-            where=LastActive.day < active.excluded.day,  # written once a day per user, never moved back
-        ))
+        db.session.execute(move_last_active, [{"user_id": user, "day": day} for user, day in sorted(latest.items())])
+
+
+@cache
+def _usage_statements(dialect: str) -> tuple[sa.Insert, sa.Insert]:
+    """The two upserts, built once per dialect and run with many rows each (compiled once, sent as one batch)."""
+    insert = upsert_for(dialect)
+    usage = insert(UsageDay.__table__)
+    usage = usage.on_conflict_do_update(
+        index_elements=[UsageDay.user_id, UsageDay.day],
+        set_={
+            "requests": UsageDay.__table__.c.requests + usage.excluded.requests,
+            "bytes_in": UsageDay.__table__.c.bytes_in + usage.excluded.bytes_in,
+            "bytes_out": UsageDay.__table__.c.bytes_out + usage.excluded.bytes_out,
+            "sessions": UsageDay.__table__.c.sessions + usage.excluded.sessions,
+        },
+    )
+    active = insert(LastActive.__table__)
+    active = active.on_conflict_do_update(
+        index_elements=[LastActive.user_id], set_={"day": active.excluded.day},
+        where=LastActive.__table__.c.day < active.excluded.day,  # written once a day per user, never moved back
+    )
+    return usage, active
 
 
 def _on_usage_recorded(_sender: object, *, usages: list[Usage]) -> None:
