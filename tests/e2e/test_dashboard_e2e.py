@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.analytics.scenario import Scenario, build
-from tests.e2e.harness import Gunicorn, real_services
+from tests.e2e.harness import Gunicorn, real_services, wait_for
 from tests.proxy.conftest import (  # noqa: F401 - fixtures
     app_cache,
     env,
@@ -186,7 +186,9 @@ def test_a_customer_signs_in_switches_the_period_and_sees_the_apis_numbers(brows
     browser.find_element("id", "sign-out").click()
     wait(browser, lambda d: visible(d, "sign-in-panel"), "signing out did not show the sign-in form")
     assert browser.execute_script(f"return sessionStorage.getItem('{TOKEN_KEY}');") is None
-    assert server.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).status == 401
+    # Signing out also revokes the JWT (the page sends the logout without making the person wait for it).
+    wait_for(lambda: server.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).status == 401,
+             10, "the JWT still works after signing out")
 
 
 def test_the_admin_dashboard_shows_superusers_the_global_figures_and_refuses_anyone_else(browser, server, scenario):
