@@ -106,10 +106,10 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     register_blueprints(app)
 
-    from .analytics.pages import page_headers
+    from .analytics.pages import PageSecurityHeaders
     from .analytics.rollups import subscribe as write_usage_rollups
 
-    page_headers.init_app(app)
+    PageSecurityHeaders(app)  # one per app: Talisman keeps the app it was given
     write_usage_rollups()
     http_metrics.init_app(app)
 

@@ -84,5 +84,3 @@ def _is_api_docs(path: str) -> bool:
                 return True
     return False
 
-
-page_headers = PageSecurityHeaders()
