@@ -49,6 +49,8 @@ def register_blueprints(app: Flask) -> None:
     app.url_map.converters["anypath"] = AnyPathConverter
     from .accounts.routes import auth_blp, users_blp
     from .admin.routes import blp as admin_blp
+    from .analytics.pages import pages as dashboard_pages
+    from .analytics.routes import blp as analytics_blp
     from .bundles.routes import blp as bundles_blp
     from .health.routes import blp as health_blp
     from .ledger.routes import blp as currency_blp
@@ -64,8 +66,9 @@ def register_blueprints(app: Flask) -> None:
 
     for blueprint in (health_blp, auth_blp, users_blp, tokens_blp, proxy_blp, currency_blp, payments_blp,
                       payment_webhook_blp, mock_provider_blp, admin_blp, bundles_blp, referrals_blp, plans_blp,
-                      webhooks_blp, auto_renewal_blp):
+                      webhooks_blp, auto_renewal_blp, analytics_blp):
         api.register_blueprint(blueprint)
+    app.register_blueprint(dashboard_pages)  # HTML pages, not part of the API (nor of its OpenAPI document)
 
 
 def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -105,6 +108,12 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     init_jwt(jwt)
     register_error_handlers(app)
     register_blueprints(app)
+
+    from .analytics.pages import PageSecurityHeaders
+    from .analytics.rollups import subscribe as write_usage_rollups
+
+    PageSecurityHeaders(app)  # one per app: Talisman keeps the app it was given
+    write_usage_rollups()
     http_metrics.init_app(app)
 
     from .cli import register_commands

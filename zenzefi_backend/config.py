@@ -140,6 +140,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AUDIT_RETENTION_DAYS", int, 30, "Days audit log rows are kept."),
     Setting("DELIVERY_LOG_RETENTION_DAYS", int, 30,
             "Days finished webhook deliveries, sent e-mails and relayed outbox events are kept."),
+    Setting("ANALYTICS_CACHE_SECONDS", int, 300,
+            "How long the analytics endpoints keep a user's (or the global) figures in Redis."),
     Setting("PASSWORD_HASH_TIME_COST", int, 3, "Argon2id time cost."),
     Setting("PASSWORD_HASH_MEMORY_KIB", int, 65536, "Argon2id memory cost in KiB."),
     Setting("HEALTH_REFRESH_SECONDS", int, 50, "How often the cached health check is refreshed."),

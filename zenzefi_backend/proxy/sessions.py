@@ -8,14 +8,16 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import sqlalchemy as sa
+from blinker import Namespace
 from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
 from ..clock import now
-from ..database import db
+from ..database import UTCDateTime, db
 from ..errors import TryAgainLater
 from ..notifications.outbox import emit
 from ..tokens.models import AccessToken
@@ -23,6 +25,24 @@ from .models import ProxySession
 from .state import DIRTY_SESSIONS, SESSION_KEY, redis_state, release_holder
 
 CLAIM_ATTEMPTS = 3
+FLUSH_BATCH = 100  # sessions whose counters one flush transaction moves
+
+
+class Usage(NamedTuple):
+    """What was just added to a session row: by whom, when, how much."""
+
+    user_id: uuid.UUID
+    moment: datetime
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    sessions: int = 0
+
+
+# Sent with `usages=[Usage, …]` inside the DB transaction that adds them to session rows (a session opened, the
+# counter flush, the no-Redis path); receivers write in that same transaction, so what they derive (analytics'
+# daily rollup) commits or rolls back with the rows.
+usage_recorded = Namespace().signal("proxy.usage-recorded")
 
 
 def wait_seconds(remaining_seconds: float, idle_seconds: int) -> int:
@@ -88,6 +108,7 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
                 active.request_count += 1
                 active.bytes_in += bytes_in
                 active.ip_address = ip_address
+                usage_recorded.send(None, usages=[Usage(user_id, moment, requests=1, bytes_in=bytes_in)])
             db.session.commit()
             return active.id
         if active is not None:
@@ -111,6 +132,8 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
             continue
         emit("session.started", user_id, session_id=str(session.id), token_id=str(token_id), device_id=device_id,
              ip_address=ip_address)
+        usage_recorded.send(None, usages=[Usage(user_id, moment, requests=session.request_count,
+                                                bytes_in=session.bytes_in, sessions=1)])
         db.session.commit()
         return session.id
     raise DeviceInUse(idle.total_seconds())
@@ -118,8 +141,11 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
 
 def add_bytes_out(session_id: uuid.UUID, count: int) -> None:
     """The no-Redis path: count the response bytes straight into the session row."""
-    db.session.execute(sa.update(ProxySession).where(ProxySession.id == session_id)
-                       .values(bytes_out=ProxySession.bytes_out + count))
+    user_id = db.session.scalar(sa.update(ProxySession).where(ProxySession.id == session_id)
+                                .values(bytes_out=ProxySession.bytes_out + count).returning(ProxySession.user_id)
+                                .execution_options(synchronize_session=False))
+    if user_id is not None:
+        usage_recorded.send(None, usages=[Usage(user_id, now(), bytes_out=count)])
     db.session.commit()
 
 
@@ -148,55 +174,76 @@ def end_session(session_id: uuid.UUID, reason: str) -> ProxySession | None:
 
 
 def flush_counters() -> int:
-    """Move the request and byte counters from Redis into the session rows. Safe on several workers:
-    each batch of counters is taken out of Redis atomically, so it is added exactly once."""
+    """Move the request and byte counters from Redis into the session rows, FLUSH_BATCH sessions per DB
+    transaction. Safe on several workers: each batch of counters is taken out of Redis atomically, so it is
+    added exactly once (and given back to Redis if the database refuses it)."""
     client = redis_state.client
     flushed = 0
     while True:
-        session_ids = client.spop(DIRTY_SESSIONS, 100)
+        session_ids = sorted(raw.decode() for raw in client.spop(DIRTY_SESSIONS, FLUSH_BATCH) or [])
         if not session_ids:
             return flushed
-        for raw_id in session_ids:
-            session_id = raw_id.decode()
-            pipe = client.pipeline(transaction=True)
+        pipe = client.pipeline(transaction=True)
+        for session_id in session_ids:
             pipe.hgetall(SESSION_KEY + session_id)
             pipe.delete(SESSION_KEY + session_id)
-            counters, _ = pipe.execute()
-            if not counters:
-                continue
-            values = {key.decode(): int(value) for key, value in counters.items()}
-            try:
-                _add_counters(uuid.UUID(session_id), values)
-            except Exception:
-                _give_back(session_id, values)
-                raise
-            flushed += 1
+        replies = pipe.execute()
+        taken = {session_id: {key.decode(): int(value) for key, value in counters.items()}
+                 for session_id, counters in zip(session_ids, replies[::2], strict=True) if counters}
+        if not taken:
+            continue
+        try:
+            _add_counters(taken)
+        except Exception:
+            _give_back(taken)
+            raise
+        flushed += len(taken)
 
 
-def _add_counters(session_id: uuid.UUID, values: dict[str, int]) -> None:
-    changes = {
-        "request_count": ProxySession.request_count + values.get("requests", 0),
-        "bytes_in": ProxySession.bytes_in + values.get("bytes_in", 0),
-        "bytes_out": ProxySession.bytes_out + values.get("bytes_out", 0),
-    }
-    if values.get("last_activity"):
-        seen = datetime.fromtimestamp(values["last_activity"] / 1000, now().tzinfo)
-        changes["last_activity"] = sa.case((ProxySession.last_activity < seen, seen),
-                                           else_=ProxySession.last_activity)
-    db.session.execute(sa.update(ProxySession).where(ProxySession.id == session_id).values(**changes))
+_SESSIONS = ProxySession.__table__
+# One statement for the whole batch (executemany): counters added, last_activity only ever moved forward.
+_ADD_COUNTERS = (
+    sa.update(_SESSIONS).where(_SESSIONS.c.id == sa.bindparam("session_id"))
+    .values(request_count=_SESSIONS.c.request_count + sa.bindparam("add_requests"),
+            bytes_in=_SESSIONS.c.bytes_in + sa.bindparam("add_bytes_in"),
+            bytes_out=_SESSIONS.c.bytes_out + sa.bindparam("add_bytes_out"),
+            last_activity=sa.case((_SESSIONS.c.last_activity < sa.bindparam("seen", type_=UTCDateTime),
+                                   sa.bindparam("seen", type_=UTCDateTime)), else_=_SESSIONS.c.last_activity))
+)
+
+
+def _add_counters(taken: dict[str, dict[str, int]]) -> None:
+    """One transaction: the rows in session-id order (the same lock order on every worker), then the usage."""
+    moment = now()
+    rows = []
+    for session_id, values in taken.items():
+        seen = values.get("last_activity")
+        rows.append({"session_id": uuid.UUID(session_id), "add_requests": values.get("requests", 0),
+                     "add_bytes_in": values.get("bytes_in", 0), "add_bytes_out": values.get("bytes_out", 0),
+                     "seen": datetime.fromtimestamp(seen / 1000, moment.tzinfo) if seen else None})
+    db.session.execute(_ADD_COUNTERS, rows)
+    owners = dict(db.session.execute(sa.select(ProxySession.id, ProxySession.user_id)
+                                     .where(ProxySession.id.in_([row["session_id"] for row in rows]))).all())
+    # Counted on the day of the last request of the batch (responses' bytes alone: the day of the flush).
+    usage_recorded.send(None, usages=[
+        Usage(owners[row["session_id"]], row["seen"] or moment, row["add_requests"], row["add_bytes_in"],
+              row["add_bytes_out"])
+        for row in rows if row["session_id"] in owners
+    ])
     db.session.commit()
 
 
-def _give_back(session_id: str, values: dict[str, int]) -> None:
+def _give_back(taken: dict[str, dict[str, int]]) -> None:
     """The database refused the counters: put them back for the next flush."""
     db.session.rollback()
     pipe = redis_state.client.pipeline(transaction=True)
-    for field, value in values.items():
-        if field == "last_activity":
-            pipe.hset(SESSION_KEY + session_id, field, value)
-        else:
-            pipe.hincrby(SESSION_KEY + session_id, field, value)
-    pipe.sadd(DIRTY_SESSIONS, session_id)
+    for session_id, values in taken.items():
+        for field, value in values.items():
+            if field == "last_activity":
+                pipe.hset(SESSION_KEY + session_id, field, value)
+            else:
+                pipe.hincrby(SESSION_KEY + session_id, field, value)
+        pipe.sadd(DIRTY_SESSIONS, session_id)
     pipe.execute()
 
 
