@@ -115,14 +115,15 @@ def test_a_taken_port_is_a_clear_failure_and_starts_nothing(tmp_path):
 
 def test_the_env_file_read_and_the_mode_it_switches_on_are_named(tmp_path):
     env_file = tmp_path / "compose.env"
-    lines = ["ZENZEFI_ENV=production", "MOCK_PAYMENTS_ENABLED=false", *(f"{k}={v}" for k, v in STRONG.items())]
+    lines = ["ZENZEFI_ENV=production", "MOCK_PAYMENTS_ENABLED=false", *(f"{k}={v}" for k, v in STRONG.items()),
+             "PAYMENT_PROVIDER=gateway", "PAYMENT_GATEWAY_URL=https://pay.example.com/{payment_id}"]
     env_file.write_text("\n".join(lines) + "\n")
     port = free_port()
     with serving(tmp_path, serve_env(tmp_path, port, ZENZEFI_ENV_FILE=str(env_file))) as serve:
         wait_for_line(serve, LISTENING)
         output = serve.stdout.read_text()
     assert f"Settings file: {env_file} (set ZENZEFI_ENV, MOCK_PAYMENTS_ENABLED, SECRET_KEY, JWT_SECRET_KEY, " \
-           "PAYMENT_WEBHOOK_SECRET; values not shown)." in output, output
+           "PAYMENT_WEBHOOK_SECRET, PAYMENT_PROVIDER, PAYMENT_GATEWAY_URL; values not shown)." in output, output
     assert "Mode: production" in output and "mock payments off" in output
     assert f"Note: ZENZEFI_ENV, MOCK_PAYMENTS_ENABLED came from {env_file}" in output
     assert not any(secret in serve.output() for secret in STRONG.values())
