@@ -19,8 +19,8 @@ from flask_migrate import upgrade
 from tests.support import Backends, make_backends
 
 BACKENDS: Backends = make_backends()
-# `mailbox`, `mailbox_files`, `smtp`; `browser` (headless Chromium) for every test
-pytest_plugins = ["tests.notifications.mailbox", "tests.fixtures.browser"]
+# `mailbox`, `mailbox_files`, `smtp`; `browser` (headless Chromium); `pgbouncer`, `database_route` for every test
+pytest_plugins = ["tests.notifications.mailbox", "tests.fixtures.browser", "tests.fixtures.pgbouncer"]
 
 
 def pytest_report_header(config):
