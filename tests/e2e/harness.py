@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from tests.support import REAL_SERVICES_REASON, Backends, make_backends
+from zenzefi_backend.redis_url import parse_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -323,7 +324,8 @@ class _Process:
             self._tmp.cleanup()
 
     def spawn(self) -> None:
-        with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
+        # Appended: a process started again (a restart) keeps the earlier output next to its own.
+        with open(self.stdout_path, "ab") as stdout, open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=stdout, stderr=stderr,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -499,13 +501,18 @@ class Gunicorn(_Process):
 
 
 class Worker(_Process):
-    """`python -m worker [args]` against the given database and Redis."""
+    """`python -m worker [args]` against the given database and Redis.
+
+    With `restart=True` it is started again a second after it exits, as compose's `restart: unless-stopped` (or
+    systemd's `Restart=`) does in production; `restarts` counts how often.
+    """
 
     label = "worker"
+    RESTART_DELAY_SECONDS = 1.0
 
     def __init__(self, database_url: str | None, redis_url: str | None, args: Iterable[str] = (),
                  extra_env: dict[str, str] | None = None, name: str = "worker",
-                 netns: NetworkNamespace | None = None):
+                 netns: NetworkNamespace | None = None, restart: bool = False):
         self.label = name
         self._tmp = tempfile.TemporaryDirectory(prefix=f"zenzefi-e2e-{name}-")
         workdir = Path(self._tmp.name)
@@ -513,10 +520,33 @@ class Worker(_Process):
         env = child_env(database_url, redis_url, workdir / "instance", extra_env)
         argv = [str(VENV_BIN / "python"), "-m", "worker", *args]
         super().__init__(netns.wrap(argv) if netns else argv, env, workdir)
+        self.restarts = 0
+        self._supervising = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        if restart:
+            self._supervising.set()
 
     def __enter__(self) -> Worker:
         self.spawn()
+        if self._supervising.is_set():
+            self._supervisor = threading.Thread(target=self._supervise, name=f"supervise-{self.label}", daemon=True)
+            self._supervisor.start()
         return self
+
+    def _supervise(self) -> None:
+        while self._supervising.is_set():
+            if self.process is not None and self.process.poll() is not None:
+                time.sleep(self.RESTART_DELAY_SECONDS)
+                if self._supervising.is_set():
+                    self.restarts += 1
+                    self.spawn()
+            time.sleep(POLL_STEP * 4)
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        self._supervising.clear()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=self.RESTART_DELAY_SECONDS + 5)
+        return super().terminate(timeout)
 
 
     def run(self, timeout: float = 30.0) -> subprocess.CompletedProcess:
@@ -891,6 +921,10 @@ class SentinelCluster:
 
     def logs(self) -> str:
         return "\n".join(part.logs(15) for part in (self.primary, self.replica, *self.sentinels) if part)
+
+    def client(self) -> redis.Redis:
+        """A client of whichever primary the Sentinels name, built as the app builds its own."""
+        return parse_redis_url(self.url).client(socket_timeout=2, socket_connect_timeout=1)
 
     def _ask(self, sentinel: RedisSentinel, *command: str) -> Any:
         with contextlib.closing(sentinel.client()) as client:
