@@ -245,11 +245,19 @@ class TcpRelay:
 
 
 class Upstream:
-    """A tiny upstream HTTP server on 127.0.0.1 that answers 200 to everything."""
+    """A tiny upstream HTTP server on 127.0.0.1 that answers 200 to everything and remembers the paths it was
+    asked for (`paths`); `/slow?seconds=S` answers after S seconds."""
 
     def __init__(self):
+        upstream = self
+        self.paths: list[str] = []
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                path, _, query = self.path.partition("?")
+                upstream.paths.append(path)
+                if path.startswith("/slow"):
+                    time.sleep(float(query.removeprefix("seconds=") or 1))
                 body = b"upstream ok"
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
