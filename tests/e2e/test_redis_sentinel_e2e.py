@@ -134,6 +134,17 @@ def buyers_for(stack: Stack, accounts, receiver: Receiver) -> list[Buyer]:
     return buyers
 
 
+def assert_one_api_counter(server: Gunicorn, user: dict) -> None:
+    """Flask-Limiter counts in the Sentinels' primary: one countdown for both gunicorn workers."""
+    remaining = []
+    for _ in range(6):  # fresh connections: both workers
+        answer = server.call("GET", "/api/v1/users/me", headers=user["headers"])
+        assert answer.status == 200, server.describe(repr(answer))
+        remaining.append(int(answer.headers["X-RateLimit-Remaining"]))
+    assert remaining == list(range(remaining[0], remaining[0] - 6, -1)), f"not one counter: {remaining}"
+    assert len(set(server.served("GET", "/api/v1/users/me"))) == server.workers
+
+
 def warm_token(stack: Stack, accounts) -> str:
     owner = accounts.signed_in()
     accounts.fund(owner["id"], "100.00")
@@ -217,6 +228,8 @@ def test_the_primary_dies_under_load_and_everything_follows_the_promoted_replica
     secret = warm_token(stack, accounts)
     buyers = buyers_for(stack, accounts, receiver)
     admin = accounts.signed_in(superuser=True)
+    counted_user = accounts.signed_in()
+    assert_one_api_counter(server, counted_user)
 
     stop = threading.Event()
     proxy_log: list[tuple[float, int, bool, str]] = []  # (when, status, served from the Redis cache, path)
@@ -274,6 +287,7 @@ def test_the_primary_dies_under_load_and_everything_follows_the_promoted_replica
     for buyer in buyers:
         assert buyer.answers and all(status in (200, 201) for _, status in buyer.answers), \
             server.describe(f"purchase load answers: {Counter(buyer.answers)}")
+    assert_one_api_counter(server, counted_user)  # the rate limiter followed the promoted replica too
     # The old primary stays dead: everything now lives on the promoted replica.
     with cluster.replica.client() as promoted:
         assert promoted.info("replication")["role"] == "master"
