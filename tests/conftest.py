@@ -19,10 +19,10 @@ from flask_migrate import upgrade
 from tests.support import Backends, make_backends
 
 BACKENDS: Backends = make_backends()
-# `mailbox`, `mailbox_files`, `smtp`; `browser` (headless Chromium); `fake_yookassa`; `fake_stripe` (localstripe)
-# for every test
+# `mailbox`, `mailbox_files`, `smtp`; `browser` (headless Chromium); `fake_yookassa`; `fake_stripe` (localstripe);
+# `pgbouncer`, `database_route` for every test
 pytest_plugins = ["tests.notifications.mailbox", "tests.fixtures.browser", "tests.fixtures.fake_yookassa",
-                  "tests.fixtures.fake_stripe"]
+                  "tests.fixtures.fake_stripe", "tests.fixtures.pgbouncer"]
 
 
 def pytest_report_header(config):

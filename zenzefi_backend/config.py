@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from yookassa.domain.common.security_helper import SecurityHelper
 
+from .redis_url import RedisUrlError, parse_redis_url
+
 DEV_SECRET_PREFIX = "dev-insecure-"  # noqa: S105 - marks development defaults, never a real secret
 MIN_SECRET_LENGTH = 32
 PRODUCTION_SECRETS = ("SECRET_KEY", "JWT_SECRET_KEY")
@@ -69,7 +71,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SECRET_KEY", str, None, "Flask secret; production needs 32+ random characters."),
     Setting("JWT_SECRET_KEY", str, None, "HMAC key for JWTs; production needs 32+ random characters."),
     Setting("DATABASE_URL", str, None, "SQLAlchemy URL; unset → SQLite in `instance/zenzefi.db`."),
-    Setting("REDIS_URL", str, None, "Redis URL; unset → in-process stand-in, memory rate limits, inline jobs."),
+    Setting("DATABASE_TRANSACTION_POOLING", as_bool, False,
+            "`DATABASE_URL` points at a transaction-pooling PgBouncer: no server-side prepared statements."),
+    Setting("REDIS_URL", str, None, "`redis://…` or `redis+sentinel://host:port,…/service/db` (see Scaling out); "
+                                    "unset → in-process stand-in, memory rate limits, inline jobs."),
     Setting("ZENZEFI_UPSTREAM_URL", str, "http://127.0.0.1:61001", "Base URL of the Zenzefi upstream server."),
     Setting("PROXY_CONNECT_TIMEOUT", float, 5.0, "Seconds to connect to the upstream (then 504)."),
     Setting("PROXY_READ_TIMEOUT", float, 60.0, "Seconds between upstream bytes (then 504)."),
@@ -221,6 +226,20 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def _engine_options(database_url: str, *, transaction_pooling: bool) -> dict[str, Any]:
+    """SQLAlchemy engine options: pre-pinged pooled connections, bounded waits."""
+    if database_url.startswith("sqlite"):
+        return {"pool_pre_ping": True, "connect_args": {"timeout": 15}}
+    connect_args: dict[str, Any] = {"connect_timeout": 3}
+    if transaction_pooling:
+        # Each transaction may run on another server connection, which never saw our PREPARE: psycopg must not
+        # prepare statements on the server (it would after 5 runs of one query). Nothing else we do keeps
+        # session state (no SET, advisory locks, LISTEN or temporary tables).
+        connect_args["prepare_threshold"] = None
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10, "pool_timeout": 5,
+            "connect_args": connect_args}
+
+
 def _secret_problems(values: Mapping[str, Any], names: tuple[str, ...]) -> list[str]:
     problems = []
     for name in names:
@@ -303,12 +322,15 @@ def build_config(
 
     database_url = values.get("DATABASE_URL") or f"sqlite:///{Path(instance_path) / 'zenzefi.db'}"
     database_url = normalise_database_url(database_url)
-    engine_options: dict[str, Any] = {"pool_pre_ping": True}
-    if database_url.startswith("sqlite"):
-        engine_options["connect_args"] = {"timeout": 15}
-    else:
-        engine_options.update(pool_size=10, max_overflow=10, pool_timeout=5, connect_args={"connect_timeout": 3})
+    engine_options = _engine_options(database_url, transaction_pooling=values["DATABASE_TRANSACTION_POOLING"])
     redis_url = values.get("REDIS_URL") or None
+    try:
+        redis_target = parse_redis_url(redis_url) if redis_url else None
+    except RedisUrlError as exc:
+        raise ConfigError(f"REDIS_URL: {exc}") from None
+    limiter_uri, limiter_options = (
+        redis_target.limiter_storage(socket_timeout=1, socket_connect_timeout=1) if redis_target else ("memory://", {})
+    )
 
     proxy_limits = {plan: values[f"RATELIMIT_PROXY_{plan.upper()}"] for plan in ("free", "premium", "enterprise")}
     values.update(
@@ -318,6 +340,7 @@ def build_config(
         IS_PRODUCTION=production,
         EMBEDDED=redis_url is None,
         REDIS_URL=redis_url,
+        REDIS_TARGET=redis_target,
         SQLALCHEMY_DATABASE_URI=database_url,
         SQLALCHEMY_ENGINE_OPTIONS=engine_options,
         SQLALCHEMY_TRACK_MODIFICATIONS=False,
@@ -325,8 +348,8 @@ def build_config(
         JWT_REFRESH_TOKEN_EXPIRES=timedelta(days=30),
         JWT_TOKEN_LOCATION=["headers"],
         JWT_ALGORITHM="HS256",
-        RATELIMIT_STORAGE_URI=redis_url or "memory://",
-        RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1} if redis_url else {},
+        RATELIMIT_STORAGE_URI=limiter_uri,
+        RATELIMIT_STORAGE_OPTIONS=limiter_options,
         RATELIMIT_HEADERS_ENABLED=False,  # written by limit_headers.py (Retry-After only on a 429, rounded up)
         RATELIMIT_SWALLOW_ERRORS=True,
         RATELIMIT_KEY_PREFIX="zenzefi",

@@ -92,16 +92,15 @@ else:
 
 
 class RedisConnection:
-    """The app's Redis client: the real server when `REDIS_URL` is set, else an in-process stand-in."""
+    """The app's Redis client — the server or Sentinel-named primary of `REDIS_URL` (redis_url.py builds it), else
+    an in-process stand-in. Caches, the device holder, queues, the scheduler lease and the worker all use it."""
 
     extension_key = "zenzefi-redis"
 
     def init_app(self, app: Flask) -> None:
-        url = app.config["REDIS_URL"]
-        if url:
-            client = redis.Redis.from_url(
-                url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=30, retry_on_timeout=False
-            )
+        target = app.config["REDIS_TARGET"]
+        if target is not None:
+            client = target.client(socket_timeout=2, socket_connect_timeout=1, health_check_interval=30)
         else:
             client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
         app.extensions[self.extension_key] = client

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import json
 import os
+import random
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -20,14 +23,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import make_url
 
 from tests.support import REAL_SERVICES_REASON, Backends, make_backends
+from zenzefi_backend.redis_url import parse_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -85,7 +92,10 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 class TcpRelay:
-    """A TCP forwarder 127.0.0.1:<port> → target, which can die (`stop`), come back (`start`) or hang (`hang`).
+    """A TCP forwarder <listen_host>:<port> → target, which can die (`stop`), come back (`start`) or hang (`hang`).
+
+    It listens on 127.0.0.1 unless told otherwise (the host side of a network namespace's link, for processes
+    inside it to reach a service that listens on loopback only).
 
     `stop()` closes the listening socket and resets every established connection (RST both ways), so
     clients see a server that died: existing connections break and new connects are refused. `start()`
@@ -93,9 +103,10 @@ class TcpRelay:
     established connections alike, like a server that stopped answering.
     """
 
-    def __init__(self, target_host: str, target_port: int, port: int = 0):
+    def __init__(self, target_host: str, target_port: int, port: int = 0, listen_host: str = LOOPBACK):
         self.target = (target_host, target_port)
         self.port = port
+        self.listen_host = listen_host
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._running = threading.Event()
@@ -106,14 +117,14 @@ class TcpRelay:
 
     @property
     def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.listen_host}:{self.port}"
 
     def start(self) -> TcpRelay:
         if self._running.is_set():
             raise RuntimeError("relay already running")
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((LOOPBACK, self.port))
+        listener.bind((self.listen_host, self.port))
         listener.listen(128)
         self.port = listener.getsockname()[1]
         self._listener = listener
@@ -234,11 +245,19 @@ class TcpRelay:
 
 
 class Upstream:
-    """A tiny upstream HTTP server on 127.0.0.1 that answers 200 to everything."""
+    """A tiny upstream HTTP server on 127.0.0.1 that answers 200 to everything and remembers the paths it was
+    asked for (`paths`); `/slow?seconds=S` answers after S seconds."""
 
     def __init__(self):
+        upstream = self
+        self.paths: list[str] = []
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                path, _, query = self.path.partition("?")
+                upstream.paths.append(path)
+                if path.startswith("/slow"):
+                    time.sleep(float(query.removeprefix("seconds=") or 1))
                 body = b"upstream ok"
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -313,7 +332,8 @@ class _Process:
             self._tmp.cleanup()
 
     def spawn(self) -> None:
-        with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
+        # Appended: a process started again (a restart) keeps the earlier output next to its own.
+        with open(self.stdout_path, "ab") as stdout, open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=stdout, stderr=stderr,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -393,25 +413,30 @@ class Gunicorn(_Process):
     label = "gunicorn"
 
     def __init__(self, database_url: str | None, redis_url: str | None, extra_env: dict[str, str] | None = None,
-                 workers: int = 2, startup_timeout: float = 30.0):
+                 workers: int = 2, startup_timeout: float = 30.0, netns: NetworkNamespace | None = None):
         self._tmp = tempfile.TemporaryDirectory(prefix="zenzefi-e2e-gunicorn-")
         workdir = Path(self._tmp.name)
         (workdir / "instance").mkdir()
         self.port = free_port()
+        # In a namespace it listens on the address of its end of the link, else on 127.0.0.1.
+        self.host = netns.address if netns else LOOPBACK
+        # In a namespace also on its loopback, for an agent on that host (`netns.run`).
+        extra_binds = f" --bind {self.host}:{self.port} --bind {LOOPBACK}:{self.port}" if netns else ""
         self.multiproc_dir = workdir / "prometheus"
         self.startup_timeout = startup_timeout
         self.workers = workers
         env = child_env(database_url, redis_url, workdir / "instance", {
-            "GUNICORN_BIND": f"{LOOPBACK}:{self.port}",
+            "GUNICORN_BIND": f"{self.host}:{self.port}",
             "GUNICORN_WORKERS": str(workers),
             "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
             # Our own control socket (not ~/.gunicorn, shared by every gunicorn of this user) and the
             # worker's pid in the access log, so a test can tell which worker served what.
             "GUNICORN_CMD_ARGS": (f"--control-socket {workdir / 'gunicorn.ctl'} "
-                                  f"--access-logformat '{ACCESS_LOG_FORMAT}'"),
+                                  f"--access-logformat '{ACCESS_LOG_FORMAT}'{extra_binds}"),
             **(extra_env or {}),
         })
-        super().__init__([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], env, workdir)
+        argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+        super().__init__(netns.wrap(argv) if netns else argv, env, workdir)
 
     def __enter__(self) -> Gunicorn:
         self.spawn()
@@ -449,7 +474,7 @@ class Gunicorn(_Process):
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 timeout: float = 5.0, body: bytes | None = None) -> Response:
         """One request on a fresh connection, so the kernel may hand it to either worker."""
-        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         started = time.perf_counter()
         try:
             connection.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
@@ -484,22 +509,52 @@ class Gunicorn(_Process):
 
 
 class Worker(_Process):
-    """`python -m worker [args]` against the given database and Redis."""
+    """`python -m worker [args]` against the given database and Redis.
+
+    With `restart=True` it is started again a second after it exits, as compose's `restart: unless-stopped` (or
+    systemd's `Restart=`) does in production; `restarts` counts how often.
+    """
 
     label = "worker"
+    RESTART_DELAY_SECONDS = 1.0
 
     def __init__(self, database_url: str | None, redis_url: str | None, args: Iterable[str] = (),
-                 extra_env: dict[str, str] | None = None, name: str = "worker"):
+                 extra_env: dict[str, str] | None = None, name: str = "worker",
+                 netns: NetworkNamespace | None = None, restart: bool = False):
         self.label = name
         self._tmp = tempfile.TemporaryDirectory(prefix=f"zenzefi-e2e-{name}-")
         workdir = Path(self._tmp.name)
         (workdir / "instance").mkdir()
         env = child_env(database_url, redis_url, workdir / "instance", extra_env)
-        super().__init__([str(VENV_BIN / "python"), "-m", "worker", *args], env, workdir)
+        argv = [str(VENV_BIN / "python"), "-m", "worker", *args]
+        super().__init__(netns.wrap(argv) if netns else argv, env, workdir)
+        self.restarts = 0
+        self._supervising = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        if restart:
+            self._supervising.set()
 
     def __enter__(self) -> Worker:
         self.spawn()
+        if self._supervising.is_set():
+            self._supervisor = threading.Thread(target=self._supervise, name=f"supervise-{self.label}", daemon=True)
+            self._supervisor.start()
         return self
+
+    def _supervise(self) -> None:
+        while self._supervising.is_set():
+            if self.process is not None and self.process.poll() is not None:
+                time.sleep(self.RESTART_DELAY_SECONDS)
+                if self._supervising.is_set():
+                    self.restarts += 1
+                    self.spawn()
+            time.sleep(POLL_STEP * 4)
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        self._supervising.clear()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=self.RESTART_DELAY_SECONDS + 5)
+        return super().terminate(timeout)
 
 
     def run(self, timeout: float = 30.0) -> subprocess.CompletedProcess:
@@ -519,3 +574,400 @@ class Worker(_Process):
 
     def describe(self, what: str) -> str:
         return f"{what}\n{self.logs()}"
+
+
+# --- more hosts: network namespaces -------------------------------------------------------------------------
+
+NETNS_PREFIX = "zenzefi-e2e-"
+# The namespaces' links take /30s of 10.77.0.0/16, a private range chosen to be unused here (checked each time).
+NETNS_NETWORK = ipaddress.ip_network("10.77.0.0/16")
+UNREACHABLE_METRIC = "65000"
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+def netns_unavailable() -> str | None:
+    """Why this machine cannot make network namespaces joined by a veth pair (None when it can)."""
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root (CI runs its second pass as root)"
+    token = uuid.uuid4().hex[:6]
+    probe = f"{NETNS_PREFIX}probe-{token}"
+    made = _ip("netns", "add", probe)
+    if made.returncode != 0:
+        return f"`ip netns add` is refused here: {made.stderr.strip()}"
+    try:
+        veth = _ip("link", "add", f"zz{token}po", "type", "veth", "peer", "name", f"zz{token}pi", "netns", probe)
+        if veth.returncode != 0:
+            return f"a veth pair cannot be made here: {veth.stderr.strip()}"
+    finally:
+        _ip("netns", "del", probe)  # takes the pair with it
+    return None
+
+
+def _unused_subnet() -> ipaddress.IPv4Network:
+    taken = [ipaddress.ip_interface(word).network
+             for line in _ip("-o", "-4", "addr", "show").stdout.splitlines()
+             for word in line.split() if "/" in word and word[0].isdigit()]
+    chance = random.Random()
+    for _ in range(1000):
+        candidate = ipaddress.ip_network(f"10.77.{chance.randrange(256)}.{4 * chance.randrange(64)}/30")
+        if not any(candidate.overlaps(network) for network in taken):
+            return candidate
+    raise RuntimeError(f"no free /30 left in {NETNS_NETWORK}")
+
+
+class NetworkNamespace:
+    """One more host on this machine: a network namespace joined to ours by a veth pair (its "cable").
+
+    Inside there are `lo` and one end of the pair (`address`); outside, in our namespace, the other end
+    (`peer_address`), in a /30 of 10.77.0.0/16 that nothing else uses. Processes run inside through `wrap`.
+    PostgreSQL, Redis and the test's own servers listen on 127.0.0.1 only, so a process inside reaches them
+    through a relay listening on `peer_address` (`relay`). `link_down`/`link_up` take the host's own end of the
+    link down and up again. An `unreachable` route for the /30 (behind the link's own route) makes sure that no
+    packet for these addresses ever leaves through this machine's default route while the link is away.
+    """
+
+    def __init__(self, label: str):
+        token = uuid.uuid4().hex[:6]
+        self.name = f"{NETNS_PREFIX}{token}-{label}"
+        self.outside = f"zz{token}{label}o"[:15]
+        self.inside = f"zz{token}{label}i"[:15]
+        self.subnet: ipaddress.IPv4Network | None = None
+        self.peer_address = ""
+        self.address = ""
+        self._relays: list[TcpRelay] = []
+
+    def _run(self, *args: str, inside: bool = False) -> None:
+        done = _ip(*(("-n", self.name) if inside else ()), *args)
+        if done.returncode != 0:
+            raise RuntimeError(f"`ip {' '.join(args)}` failed: {done.stderr.strip()}")
+
+    def create(self) -> NetworkNamespace:
+        self.subnet = _unused_subnet()
+        self.peer_address, self.address = (str(host) for host in self.subnet.hosts())
+        self._run("route", "add", "unreachable", str(self.subnet), "metric", UNREACHABLE_METRIC)
+        self._run("netns", "add", self.name)
+        try:
+            self._run("link", "add", self.outside, "type", "veth", "peer", "name", self.inside, "netns", self.name)
+            self._run("addr", "add", f"{self.peer_address}/30", "dev", self.outside)
+            self._run("link", "set", self.outside, "up")
+            self._run("link", "set", "lo", "up", inside=True)
+            self._run("addr", "add", f"{self.address}/30", "dev", self.inside, inside=True)
+            self._run("link", "set", self.inside, "up", inside=True)
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def destroy(self) -> None:
+        for relay in self._relays:
+            relay.stop()
+        _ip("netns", "del", self.name)  # the pair goes with it
+        _ip("link", "del", self.outside)  # in case the namespace was never made
+        if self.subnet is not None:
+            _ip("route", "del", "unreachable", str(self.subnet), "metric", UNREACHABLE_METRIC)
+
+    def __enter__(self) -> NetworkNamespace:
+        return self.create()
+
+    def __exit__(self, *exc_info) -> None:
+        self.destroy()
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def relay(self, host: str, port: int) -> TcpRelay:
+        """A service on this machine's loopback made reachable from inside, at `peer_address`:<relay.port>."""
+        relay = TcpRelay(host, port, listen_host=self.peer_address).start()
+        self._relays.append(relay)
+        return relay
+
+    def link_down(self) -> None:
+        """The host loses its link: its end goes down (nothing it sends leaves, nothing reaches it)."""
+        self._run("link", "set", self.inside, "down", inside=True)
+
+    def link_up(self) -> None:
+        self._run("link", "set", self.inside, "up", inside=True)
+        # Neighbours that failed to answer while the link was away are not asked again for seconds: ask now.
+        self._run("neigh", "flush", "dev", self.outside)
+        self._run("neigh", "flush", "dev", self.inside, inside=True)
+        # Its route to the other end comes back with the address; wait until it can be used again.
+        wait_for(lambda: self.run(["ip", "-4", "route", "get", self.peer_address]).returncode == 0, 10,
+                 f"{self.name}: no route to {self.peer_address} after the link came back")
+
+    def run(self, argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """Run a command inside (as an agent on that host would) and give back its outcome."""
+        return subprocess.run(self.wrap(argv), capture_output=True, text=True, timeout=timeout)
+
+
+# --- PgBouncer ----------------------------------------------------------------------------------------------
+
+PGBOUNCER_MISSING = "pgbouncer is not installed (Debian: apt-get install pgbouncer; .ci/run's second pass does)"
+
+
+def find_binary(name: str) -> str | None:
+    """A program on PATH or in the sbin directories (Debian installs pgbouncer in /usr/sbin)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+class PgBouncer(_Process):
+    """`pgbouncer` in transaction pooling mode on a free loopback port, in front of one PostgreSQL server: every
+    database name is passed through, `pool_size` server connections per database. `stop()` makes it refuse
+    connections (connection refused), `start()` brings it back on the same port."""
+
+    label = "pgbouncer"
+
+    def __init__(self, database_url: str, pool_size: int = 10):
+        binary = find_binary("pgbouncer")
+        if binary is None:
+            pytest.skip(PGBOUNCER_MISSING)
+        self._tmp = tempfile.TemporaryDirectory(prefix="zenzefi-e2e-pgbouncer-")
+        workdir = Path(self._tmp.name)
+        workdir.chmod(0o755)  # pgbouncer drops root for the postgres user, who must read its files
+        self.port = free_port()
+        server = make_url(database_url)
+        users = workdir / "users.txt"
+        users.write_text(f'"{server.username}" "{server.password or ""}"\n')
+        config = workdir / "pgbouncer.ini"
+        config.write_text("\n".join([
+            "[databases]",
+            f"* = host={server.host or LOOPBACK} port={server.port or 5432}",
+            "[pgbouncer]",
+            f"listen_addr = {LOOPBACK}",
+            f"listen_port = {self.port}",
+            "unix_socket_dir =",
+            "auth_type = trust",
+            f"auth_file = {users}",
+            "pool_mode = transaction",
+            f"default_pool_size = {pool_size}",
+            "max_client_conn = 500",
+            f"admin_users = {server.username}",
+            "",
+        ]))
+        for path in (users, config):
+            path.chmod(0o644)
+        self.server_url = database_url
+        # PgBouncer refuses to run as root; CI runs as root.
+        argv = [binary, *(["-u", "postgres"] if os.geteuid() == 0 else []), str(config)]
+        super().__init__(argv, dict(os.environ), workdir)
+
+    def url(self, database_url: str | None = None) -> str:
+        """`database_url` (the server's by default) through this PgBouncer."""
+        return make_url(database_url or self.server_url).set(host=LOOPBACK, port=self.port).render_as_string(
+            hide_password=False)
+
+    def _accepting(self) -> bool:
+        if not self.alive():
+            pytest.fail(f"pgbouncer exited with {self.process.returncode}\n{self.logs()}")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), timeout=0.5):
+            return True
+        return False
+
+    def start(self) -> PgBouncer:
+        self.spawn()
+        wait_for(self._accepting, 15, lambda: f"pgbouncer did not listen on {self.port}\n{self.logs()}")
+        return self
+
+    def stop(self) -> None:
+        self.terminate()
+
+    def __enter__(self) -> PgBouncer:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+
+@dataclass
+class DatabaseRoute:
+    """How processes under test reach the test database: straight to PostgreSQL, or through PgBouncer in
+    transaction pooling mode (which the app must be told: `DATABASE_TRANSACTION_POOLING`)."""
+
+    name: str
+    url: str
+
+    @property
+    def pooled(self) -> bool:
+        return self.name == "pgbouncer"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """For child processes (gunicorn, the worker, flask commands)."""
+        return {"DATABASE_TRANSACTION_POOLING": "true"} if self.pooled else {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """For an app made in this process."""
+        return {"DATABASE_URL": self.url, "DATABASE_TRANSACTION_POOLING": self.pooled}
+
+
+# --- Redis with Sentinels -----------------------------------------------------------------------------------
+
+SENTINEL_MISSING = ("redis-sentinel is not installed (Debian: apt-get install redis-sentinel; .ci/run's second pass "
+                    "does)")
+SENTINEL_SERVICE = "zenzefi"
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 10000
+
+
+class RedisServer(_Process):
+    """A `redis-server` of our own on a free loopback port, without persistence; a replica of `replica_of`."""
+
+    def __init__(self, label: str, replica_of: int | None = None):
+        binary = find_binary("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.label = label
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"zenzefi-e2e-{label}-")
+        workdir = Path(self._tmp.name)
+        self.port = free_port()
+        argv = [binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+                "--dir", str(workdir)]
+        if replica_of is not None:
+            argv += ["--replicaof", LOOPBACK, str(replica_of)]
+        super().__init__(argv, dict(os.environ), workdir)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(LOOPBACK, self.port, socket_timeout=2, socket_connect_timeout=1)
+
+    def _answers(self) -> bool:
+        if not self.alive():
+            pytest.fail(f"{self.label} exited with {self.process.returncode}\n{self.logs()}")
+        try:
+            with contextlib.closing(self.client()) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def __enter__(self) -> RedisServer:
+        self.spawn()
+        try:
+            wait_for(self._answers, 15, lambda: f"{self.label} did not answer PING\n{self.logs()}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def crash(self) -> None:
+        """SIGKILL: the server vanishes without a goodbye, as a crashed machine would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+class RedisSentinel(_Process):
+    """A `redis-sentinel` on a free loopback port watching `service` at 127.0.0.1:<primary_port> (quorum 2)."""
+
+    def __init__(self, label: str, primary_port: int, service: str = SENTINEL_SERVICE):
+        binary = find_binary("redis-sentinel")
+        if binary is None:
+            pytest.skip(SENTINEL_MISSING)
+        self.label = label
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"zenzefi-e2e-{label}-")
+        workdir = Path(self._tmp.name)
+        self.port = free_port()
+        self.service = service
+        config = workdir / "sentinel.conf"  # a Sentinel rewrites its own configuration file
+        config.write_text("\n".join([
+            f"port {self.port}",
+            f"bind {LOOPBACK}",
+            f"dir {workdir}",
+            f"sentinel monitor {service} {LOOPBACK} {primary_port} 2",
+            *self.tuning(service),
+            "",
+        ]))
+        super().__init__([binary, str(config)], dict(os.environ), workdir)
+
+    @staticmethod
+    def tuning(service: str) -> list[str]:
+        """Fast failure detection for tests (production keeps Sentinel's defaults or its own)."""
+        return [f"sentinel down-after-milliseconds {service} {SENTINEL_DOWN_AFTER_MS}",
+                f"sentinel failover-timeout {service} {SENTINEL_FAILOVER_TIMEOUT_MS}",
+                f"sentinel parallel-syncs {service} 1"]
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(LOOPBACK, self.port, socket_timeout=2, socket_connect_timeout=1, decode_responses=True)
+
+    def __enter__(self) -> RedisSentinel:
+        self.spawn()
+        return self
+
+
+class SentinelCluster:
+    """A primary, one replica and three Sentinels on loopback: what compose's `ha` profile runs."""
+
+    def __init__(self) -> None:
+        self.primary: RedisServer | None = None
+        self.replica: RedisServer | None = None
+        self.sentinels: list[RedisSentinel] = []
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{LOOPBACK}:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SENTINEL_SERVICE}/0"
+
+    def __enter__(self) -> SentinelCluster:
+        try:
+            self.primary = self._stack.enter_context(RedisServer("redis-primary"))
+            self.replica = self._stack.enter_context(RedisServer("redis-replica", replica_of=self.primary.port))
+            self.sentinels = [self._stack.enter_context(RedisSentinel(f"sentinel-{index}", self.primary.port))
+                              for index in range(3)]
+            wait_for(self._settled, 30, lambda: f"the Sentinels did not settle\n{self.logs()}", step=0.2)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+
+    def logs(self) -> str:
+        return "\n".join(part.logs(15) for part in (self.primary, self.replica, *self.sentinels) if part)
+
+    def client(self) -> redis.Redis:
+        """A client of whichever primary the Sentinels name, built as the app builds its own."""
+        return parse_redis_url(self.url).client(socket_timeout=2, socket_connect_timeout=1)
+
+    def _ask(self, sentinel: RedisSentinel, *command: str) -> Any:
+        with contextlib.closing(sentinel.client()) as client:
+            return client.execute_command(*command)
+
+    def _settled(self) -> bool:
+        """Every Sentinel knows the primary, its replica (in sync) and the two other Sentinels."""
+        try:
+            for sentinel in self.sentinels:
+                master = self._ask(sentinel, "SENTINEL", "MASTER", SENTINEL_SERVICE)
+                state = dict(zip(master[::2], master[1::2], strict=True))
+                if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
+                    return False
+            with contextlib.closing(self.replica.client()) as client:
+                return client.info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+
+    def primary_port(self) -> int | None:
+        """The port the Sentinels name for the service now (None if they name none)."""
+        for sentinel in self.sentinels:
+            with contextlib.suppress(redis.RedisError):
+                answer = self._ask(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+                if answer:
+                    return int(answer[1])
+        return None
+
+    def forget_primary(self) -> None:
+        """Every Sentinel stops monitoring the service: they name no primary at all."""
+        for sentinel in self.sentinels:
+            self._ask(sentinel, "SENTINEL", "REMOVE", SENTINEL_SERVICE)
+
+    def monitor_again(self, port: int) -> None:
+        for sentinel in self.sentinels:
+            self._ask(sentinel, "SENTINEL", "MONITOR", SENTINEL_SERVICE, LOOPBACK, str(port), "2")
+            for line in RedisSentinel.tuning(SENTINEL_SERVICE):
+                _, option, _, value = line.split()
+                self._ask(sentinel, "SENTINEL", "SET", SENTINEL_SERVICE, option, value)

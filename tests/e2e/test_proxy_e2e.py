@@ -4,7 +4,8 @@ The upstream (`RecordingUpstream`) is a threaded HTTP/1.1 server on 127.0.0.1 th
 (method, raw target, headers with duplicates, body bytes) and can answer with random bytes, gzip, several
 `Set-Cookie`, redirects to its own absolute origin, slow answers and a big streamed body. The app reaches it
 through a `TcpRelay`, so a test can make it die. Requests are made with `http.client` (no redirects followed,
-no `Accept-Encoding` added, bodies read as raw bytes, nothing decoded).
+no `Accept-Encoding` added, bodies read as raw bytes, nothing decoded). The module runs twice: with the app
+straight on PostgreSQL, and through PgBouncer in transaction pooling mode (`database_route`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from tests.e2e.harness import (
     LOOPBACK,
     ROOT,
     VENV_BIN,
+    DatabaseRoute,
     Gunicorn,
     TcpRelay,
     child_env,
@@ -364,8 +366,12 @@ class Stack:
     server: Gunicorn
     upstream: RecordingUpstream
     link: TcpRelay  # the app → upstream connection; stop() makes the upstream look dead
-    database_url: str
+    database: DatabaseRoute  # straight to PostgreSQL, or through PgBouncer: the module runs once for each
     redis_url: str
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url
 
     @property
     def port(self) -> int:
@@ -373,16 +379,17 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(backends, app) -> Iterator[Stack]:
+def stack(backends, app, database_route) -> Iterator[Stack]:
     """One upstream and one gunicorn (2 workers, PROXY_READ_TIMEOUT=1) for the module; tests use fresh tokens."""
     require_real_services(backends)
     with RecordingUpstream() as upstream:
         link = TcpRelay(LOOPBACK, upstream.port).start()
         upstream.origin = f"http://{link.address}"
         try:
-            env = {"ZENZEFI_UPSTREAM_URL": upstream.origin, "PROXY_READ_TIMEOUT": str(READ_TIMEOUT_SECONDS)}
-            with Gunicorn(backends.database_url, backends.redis_url, env) as server:
-                yield Stack(server, upstream, link, backends.database_url, backends.redis_url)
+            env = {**database_route.env, "ZENZEFI_UPSTREAM_URL": upstream.origin,
+                   "PROXY_READ_TIMEOUT": str(READ_TIMEOUT_SECONDS)}
+            with Gunicorn(database_route.url, backends.redis_url, env) as server:
+                yield Stack(server, upstream, link, database_route, backends.redis_url)
         finally:
             link.stop()
 
@@ -765,7 +772,8 @@ def test_deactivation_is_401_on_the_very_next_request(stack, token, tmp_path):
     assert status_of(stack.port, token.secret).status == 200
     deactivate = subprocess.run(
         [str(VENV_BIN / "flask"), "--app", "wsgi", "users", "deactivate", token.user["email"]], cwd=ROOT,
-        env=child_env(stack.database_url, stack.redis_url, tmp_path), capture_output=True, text=True, timeout=60)
+        env=child_env(stack.database_url, stack.redis_url, tmp_path, stack.database.env), capture_output=True,
+        text=True, timeout=60)
     assert deactivate.returncode == 0, deactivate.stderr[-3000:]
 
     path = unique("after-deactivation")
@@ -779,7 +787,8 @@ IDLE_SECONDS = 2
 
 
 def test_an_idle_device_releases_the_token(stack, accounts):
-    env = {"ZENZEFI_UPSTREAM_URL": stack.upstream.origin, "SESSION_IDLE_SECONDS": str(IDLE_SECONDS)}
+    env = {**stack.database.env, "ZENZEFI_UPSTREAM_URL": stack.upstream.origin,
+           "SESSION_IDLE_SECONDS": str(IDLE_SECONDS)}
     with Gunicorn(stack.database_url, stack.redis_url, env) as server:
         token = buy_token(accounts, server.port)
         assert proxied(server.port, "GET", unique("idle"), token.secret, device=DEVICE_A).status == 200
@@ -799,7 +808,7 @@ def test_an_idle_device_releases_the_token(stack, accounts):
 def test_redis_outage_keeps_serving_from_postgres_with_the_device_rule_then_returns_to_redis(stack, services,
                                                                                             accounts):
     redis = services.redis_relay()
-    env = {"ZENZEFI_UPSTREAM_URL": stack.upstream.origin}
+    env = {**stack.database.env, "ZENZEFI_UPSTREAM_URL": stack.upstream.origin}
     with Gunicorn(stack.database_url, services.redis_url_via(redis), env) as server:
         token = buy_token(accounts, server.port)
         revoked_in_outage = buy_token(accounts, server.port)

@@ -3,6 +3,7 @@
 Each thread has its own `app.test_client()` (its own app context, DB session and pooled connection); a
 `threading.Barrier` releases them together. Races are probabilistic, so each one runs for several rounds,
 each round on a fresh user. The last test does the same over HTTP through gunicorn with 2 workers.
+Every race runs twice: straight to PostgreSQL and through PgBouncer in transaction pooling mode (`database_route`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from tests.conftest import app_config
 from tests.e2e.harness import LOOPBACK, Gunicorn, Response, real_services
 from tests.money.helpers import (
     BALANCE,
@@ -64,6 +66,16 @@ def revoke(token_id: str, headers: dict[str, str]) -> Callable[[FlaskClient], An
 
 def debit(admin: dict, user_id: str, amount: Decimal) -> Callable[[FlaskClient], Any]:
     return lambda client: adjust(client, admin, user_id, -amount, reason="race")
+
+
+@pytest.fixture(scope="session")
+def app(app, database_route, backends, tmp_path_factory):
+    """The races' app: the suite's own, or one on the same database through PgBouncer."""
+    if not database_route.pooled:
+        return app
+    from zenzefi_backend import create_app
+
+    return create_app(app_config(backends, tmp_path_factory.mktemp("instance-pgbouncer"), **database_route.config))
 
 
 @pytest.fixture
@@ -221,8 +233,8 @@ def send(server: Gunicorn, method: str, path: str, body: Any = None, headers: di
 
 @pytest.mark.e2e
 @real_services
-def test_http_purchase_race_through_gunicorn(backends, client, accounts, admin):
-    with Gunicorn(backends.database_url, backends.redis_url) as server:
+def test_http_purchase_race_through_gunicorn(backends, database_route, client, accounts, admin):
+    with Gunicorn(database_route.url, backends.redis_url, database_route.env) as server:
         for _ in range(3):
             user = funded_user(accounts, client, admin, PRICE_24H)
             login = send(server, "POST", "/api/v1/auth/login", {"email": user["email"], "password": user["password"]})
