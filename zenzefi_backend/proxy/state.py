@@ -168,6 +168,11 @@ class TokenState:
             data["activated_us"], data["expires_us"] = data.pop("activated_at") * 1000, data.pop("expires_at") * 1000
         return cls(**data)
 
+    @classmethod
+    def cached(cls, raw: str) -> TokenState:
+        """`loads`, once per distinct cached entry (a warm request gets the same one back every time)."""
+        return _parsed(cls, raw)
+
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
@@ -206,8 +211,28 @@ class UserState:
     def loads(cls, raw: str | bytes) -> UserState:
         return cls(**json.loads(raw))
 
+    @classmethod
+    def cached(cls, raw: str) -> UserState:
+        return _parsed(cls, raw)
+
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+
+_PARSED: dict[tuple[type, str], TokenState | UserState] = {}
+_PARSED_MAX = 4096
+
+
+def _parsed(cls: type[TokenState] | type[UserState], raw: str) -> TokenState | UserState:
+    """The state a cached entry holds, parsed once: the states are immutable, and an entry that changes is another
+    string (bounded: cleared when full)."""
+    state = _PARSED.get((cls, raw))
+    if state is None:
+        state = cls.loads(raw)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[(cls, raw)] = state
+    return state
 
 
 def token_from_database(token_hash: str) -> TokenState | None:
