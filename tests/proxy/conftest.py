@@ -207,15 +207,10 @@ class RecordingUpstream:
                     sent += size
 
         class Server(ThreadingHTTPServer):
-            def shutdown_request(self, request) -> None:
-                try:
-                    peer = request.getpeername()
-                except OSError:  # already reset by the other end
-                    peer = None
-                super().shutdown_request(request)
-                if peer is not None:
-                    with upstream._lock:
-                        upstream._closed.append(peer)
+            def process_request_thread(self, request, client_address) -> None:
+                super().process_request_thread(request, client_address)  # serves the connection, then closes it
+                with upstream._lock:
+                    upstream._closed.append(client_address)
 
         self._closed: list[tuple[str, int]] = []
         self.server = Server((LOOPBACK, 0), Handler)

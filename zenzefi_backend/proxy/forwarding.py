@@ -30,7 +30,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, LocationValueErro
 from urllib3.util import parse_url
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import ClientDisconnected
-from werkzeug.http import remove_entity_headers
+from werkzeug.http import HTTP_STATUS_CODES, remove_entity_headers
 from werkzeug.urls import iri_to_uri
 from werkzeug.wsgi import get_input_stream
 
@@ -54,11 +54,12 @@ _OBSOLETE_FOLD = re.compile(r"(?:(?<![ \t])[ \t]+)?\r\n[ \t]+")
 # http.client's limits for a response head.
 _MAX_LINE = 65536
 _MAX_HEAD_LINES = 100
-# A request target made only of these characters is one `requests` would send unchanged (see upstream_target).
 # Valid response field names seen so far → their lowered form (bounded: names come from the upstream).
 _NAMES: dict[str, str] = {}
 _NAMES_MAX = 1024
-_PLAIN_TARGET = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
+# A path and a query made only of these characters are what `requests` sends unchanged (see upstream_target).
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
+_PLAIN_QUERY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
 # Statuses whose answer has no body (werkzeug sends none for them either); after 1xx the connection is not reused.
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -259,15 +260,14 @@ class Upstream:
         parts = urlsplit(base)
         self.prefix = parts.path
         # A base that requests would re-quote (or with a query) takes the general path for every request.
-        self.plain = (not parts.query and not parts.fragment and "#" not in base and "/." not in self.prefix + "/"
-                      and bool(_PLAIN_TARGET.fullmatch(self.prefix)) and "?" not in self.prefix)
+        self.plain = (not parts.query and not parts.fragment and "#" not in base and "?" not in base
+                      and "/." not in self.prefix + "/" and bool(_PLAIN_PATH.fullmatch(self.prefix)))
 
     def target(self, raw: str, query: str) -> str:
         """The request target: the path and query `requests` would send for `<base>/<raw>?<query>`."""
-        tail = f"/{raw}?{query}" if query else f"/{raw}"
-        if self.plain and "/." not in tail and _PLAIN_TARGET.fullmatch(tail):
-            return self.prefix + tail  # nothing to re-quote or normalise
-        return path_url(upstream_target(self.base + tail))
+        if self.plain and _PLAIN_PATH.fullmatch(raw) and "/." not in f"/{raw}/" and _PLAIN_QUERY.fullmatch(query):
+            return f"{self.prefix}/{raw}?{query}" if query else f"{self.prefix}/{raw}"  # nothing to re-quote
+        return path_url(upstream_target(f"{self.base}/{raw}?{query}" if query else f"{self.base}/{raw}"))
 
 
 def _host_header(pool: HTTPConnectionPool) -> str:
@@ -547,15 +547,10 @@ def send(environ: dict[str, Any], base: str, raw: str, query: str, *, method: st
 
 # --- the answer ----------------------------------------------------------------------------------------------
 
-_STATUS_LINES: dict[int, str] = {}
-
-
 def _status_line(status: int) -> str:
-    """werkzeug's status line for a code (`404 NOT FOUND`), as a Response with that status would send it."""
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = _STATUS_LINES[status] = UpstreamResponse(status=status).status
-    return line
+    """werkzeug's status line for a code (`404 NOT FOUND`), as a Response with that status sends it."""
+    phrase = HTTP_STATUS_CODES.get(status)
+    return f"{status} {phrase.upper()}" if phrase else f"{status} UNKNOWN"
 
 
 class Relayed:
