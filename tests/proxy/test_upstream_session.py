@@ -51,7 +51,8 @@ def test_every_upstream_request_goes_through_one_shared_session(env, upstream, s
     # Both requests took this thread's pool of the session's adapter.
     pool = adapter.upstream(upstream.origin).pool
     assert sent == [(adapter, pool), (adapter, pool)]
-    assert pool in adapter._thread_pools().pools._container.values()
+    assert (pool.host, pool.port, pool.block, pool.pool.maxsize) == ("127.0.0.1", upstream.port, False,
+                                                                     forwarding.THREAD_POOL_MAXSIZE)
     assert all(other is session for other in seen)
     # Each thread has pools of its own inside the one session: no thread waits on another's pool lock.
     pools = {id(adapter._thread_pools())}

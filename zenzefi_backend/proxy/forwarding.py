@@ -45,6 +45,8 @@ OUR_CREDENTIALS = frozenset({"x-access-token", "x-device-id"})
 REQUEST_ONLY = frozenset({"host", "content-length", "x-forwarded-for"})
 # Idle upstream connections each thread keeps: a thread forwards one request at a time.
 THREAD_POOL_MAXSIZE = 2
+# Upstream base URLs each thread keeps a pool for.
+UPSTREAMS_PER_THREAD = 8
 # RFC 9110 §5.1: a field name is a token. RFC 9110 §5.5: CR, LF and NUL (and the other controls but HTAB, which
 # gunicorn would refuse with a 500) must not be forwarded in a field value.
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -310,7 +312,8 @@ class ForwardingAdapter(HTTPAdapter):
             raise requests.exceptions.InvalidURL(error, request=request) from None
 
     def upstream(self, base: str) -> Upstream:
-        """This thread's pool for `base`, looked up once per thread (again if the PoolManager closed it)."""
+        """This thread's pool for `base`, made by requests' PoolManager once per thread and kept here (a pool the
+        manager lets go of stays usable; one somebody closed is replaced)."""
         local = self._thread_local()
         upstreams = getattr(local, "upstreams", None)
         if upstreams is None:
@@ -319,6 +322,8 @@ class ForwardingAdapter(HTTPAdapter):
         if found is None or found.pool.pool is None:
             request = requests.PreparedRequest()
             request.prepare_url(base + "/", None)
+            if len(upstreams) >= UPSTREAMS_PER_THREAD:  # one configured upstream in production; tests use many
+                upstreams.clear()
             found = upstreams[base] = Upstream(base, self.get_connection_with_tls_context(request, verify=True))
         return found
 
