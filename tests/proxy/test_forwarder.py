@@ -324,3 +324,67 @@ def test_an_https_upstream_is_verified_as_requests_verifies_it(make_env, untrust
         time.sleep(0.01)
     assert seen and seen[0].startswith("refused") and "served" not in seen  # the handshake was refused by us
     assert env.token_row(token).activated_at is None
+
+
+# --- work done once, in bounded caches ------------------------------------------------------------------------
+
+
+def test_path_verdicts_are_remembered_within_bounds(env, token, monkeypatch):
+    """A path's verdict is judged once, and the same as judged afresh; paths are judged before the token is, so
+    what anybody sends can fill the cache only so far: long paths are not kept, and a full cache starts over."""
+    from zenzefi_backend.proxy import paths, services
+
+    judged: list[str] = []
+    original = services.canonical
+
+    def counting(subpath: str) -> str:
+        judged.append(subpath)
+        return original(subpath)
+
+    monkeypatch.setattr(services, "canonical", counting)
+    monkeypatch.setattr(services, "_VERDICTS", {})
+    monkeypatch.setattr(services, "_VERDICTS_MAX", 8)
+    for _ in range(3):
+        assert env.get("certificates/filter", token=token).status_code == 200
+        assert_error(env.get("a/%2e%2e/b", token=token), 400)
+    assert judged == ["certificates/filter", "a/%2e%2e/b"]
+    long_path = "x" * (services._VERDICT_PATH_LENGTH + 1)
+    for _ in range(2):
+        assert env.get(long_path, token=token).status_code == 200
+    assert judged.count(long_path) == 2 and long_path not in services._VERDICTS
+    for index in range(20):
+        assert_error(env.get(f"p{index}", token="u" * 64), 401)  # an unknown token: its path is judged first
+    assert len(services._VERDICTS) <= 8
+    for subpath, verdict in services._VERDICTS.items():
+        try:
+            fresh = (True, paths.allowed_for_certificates_only(paths.canonical(subpath)))
+        except paths.NotCanonical:
+            fresh = (False, False)
+        assert verdict == fresh
+
+
+def test_cached_token_states_are_parsed_once_within_bounds(monkeypatch):
+    from zenzefi_backend.proxy import state
+
+    monkeypatch.setattr(state, "_PARSED", {})
+    monkeypatch.setattr(state, "_PARSED_MAX", 4)
+    token = state.TokenState("t", "u", "full", 1, 0, 0, 0)
+    raw = token.dumps()
+    assert state.TokenState.cached(raw) == token and state.TokenState.cached(raw) is state.TokenState.cached(raw)
+    assert state.UserState.cached('{"active":1,"plan":"free"}') == state.UserState(1, "free")
+    for index in range(10):
+        assert state.TokenState.cached(state.TokenState(f"t{index}", "u", "full", 1, 0, 0, 0).dumps()).id == f"t{index}"
+    assert len(state._PARSED) <= 4
+
+
+def test_field_name_caches_keep_only_short_names(env, token, upstream, monkeypatch):
+    monkeypatch.setattr(forwarding, "_HEADER_NAMES", {})
+    monkeypatch.setattr(forwarding, "_NAMES", {})
+    long_name = "X-" + "n" * forwarding._CACHED_NAME_LENGTH
+    upstream.reply("/named", Reply(headers=[("Content-Type", "text/plain"), (long_name, "1")], body=b"ok"))
+    response = env.get("named", token=token, headers={long_name: "2", "X-Short": "3"})
+    assert response.headers[long_name] == "1"
+    assert upstream.last().header(long_name) == "2" and upstream.last().header("X-Short") == "3"
+    assert "HTTP_X_SHORT" in forwarding._HEADER_NAMES and "Content-Type" in forwarding._NAMES
+    assert not [key for key in forwarding._HEADER_NAMES if len(key) > forwarding._CACHED_NAME_LENGTH]
+    assert long_name not in forwarding._NAMES

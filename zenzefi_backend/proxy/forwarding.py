@@ -56,9 +56,11 @@ _OBSOLETE_FOLD = re.compile(r"(?:(?<![ \t])[ \t]+)?\r\n[ \t]+")
 # http.client's limits for a response head.
 _MAX_LINE = 65536
 _MAX_HEAD_LINES = 100
-# Valid response field names seen so far → their lowered form (bounded: names come from the upstream).
+# Valid response field names seen so far → their lowered form. Bounded, like every cache here, in entries and
+# in the length of what it keeps.
 _NAMES: dict[str, str] = {}
 _NAMES_MAX = 1024
+_CACHED_NAME_LENGTH = 64
 # A path and a query made only of these characters are what `requests` sends unchanged (see upstream_target).
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 _PLAIN_QUERY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
@@ -231,7 +233,7 @@ class UpstreamAnswer(http.client.HTTPResponse):
                 if not _FIELD_NAME.fullmatch(name):
                     continue  # a name that is no token (gunicorn would answer 500): dropped
                 lowered = name.lower()
-                if len(names) < _NAMES_MAX:
+                if len(names) < _NAMES_MAX and len(name) <= _CACHED_NAME_LENGTH:
                     names[name] = lowered
             fields.append((name, lowered, value.lstrip(" \t")))
         return fields
@@ -418,7 +420,7 @@ def request_head(environ: dict[str, Any], method: str, target: str, host: str, c
         name = names.get(key)
         if name is None:
             name = _header_name(key)
-            if len(names) < _HEADER_NAMES_MAX:
+            if len(names) < _HEADER_NAMES_MAX and len(key) <= _CACHED_NAME_LENGTH:
                 names[key] = name
         if not name or (listed and name.lower() in listed) or (not value and key == "CONTENT_TYPE"):
             continue

@@ -84,8 +84,11 @@ def _check_headers(secret: str | None, device_id: str | None) -> None:
         raise MissingAccessToken()
 
 
+# Verdicts of paths seen lately: judged before the token is, so bounded in entries and in path length (at most
+# _VERDICTS_MAX x _VERDICT_PATH_LENGTH characters, whatever anybody sends).
 _VERDICTS: dict[str, tuple[bool, bool]] = {}
 _VERDICTS_MAX = 4096
+_VERDICT_PATH_LENGTH = 256
 
 
 def _path_verdicts(subpath: str) -> tuple[bool, bool]:
@@ -98,9 +101,10 @@ def _path_verdicts(subpath: str) -> tuple[bool, bool]:
             verdicts = (False, False)
         else:
             verdicts = (True, allowed_for_certificates_only(path))
-        if len(_VERDICTS) >= _VERDICTS_MAX:
-            _VERDICTS.clear()
-        _VERDICTS[subpath] = verdicts
+        if len(subpath) <= _VERDICT_PATH_LENGTH:
+            if len(_VERDICTS) >= _VERDICTS_MAX:
+                _VERDICTS.clear()
+            _VERDICTS[subpath] = verdicts
     return verdicts
 
 
