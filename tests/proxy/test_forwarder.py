@@ -388,3 +388,23 @@ def test_field_name_caches_keep_only_short_names(env, token, upstream, monkeypat
     assert "HTTP_X_SHORT" in forwarding._HEADER_NAMES and "Content-Type" in forwarding._NAMES
     assert not [key for key in forwarding._HEADER_NAMES if len(key) > forwarding._CACHED_NAME_LENGTH]
     assert long_name not in forwarding._NAMES
+
+
+
+def test_a_connection_whose_request_was_not_sent_whole_is_never_reused(env, token, upstream, monkeypatch):
+    """A send that broke off (the upstream answered early and reset) still passes back the answer that came, but the
+    connection never goes back to the pool: what it would carry next could be read as the rest of the body."""
+    original = forwarding._Body.send
+
+    def broken_off(body, sock, head) -> None:
+        original(body, sock, head)
+        raise BrokenPipeError("the upstream stopped reading")
+
+    assert env.get("certificates/filter", token=token).status_code == 200
+    monkeypatch.setattr(forwarding._Body, "send", broken_off)
+    assert env.call("POST", "certificates/import", token=token, data=b"u" * 1000).get_data() == b"upstream ok"
+    first = upstream.last().peer
+    assert upstream.closed(first)
+    monkeypatch.setattr(forwarding._Body, "send", original)
+    assert env.call("POST", "certificates/import", token=token, data=b"v" * 1000).status_code == 200
+    assert upstream.last().peer != first and upstream.last().body == b"v" * 1000

@@ -530,15 +530,18 @@ def send(environ: dict[str, Any], base: str, raw: str, query: str, *, method: st
             sock = conn.sock
         if sock.gettimeout() != read_timeout:  # between any two bytes, both ways, once connected
             sock.settimeout(read_timeout)
+        sent_whole = True
         try:
             if body is None:
                 sock.sendall(head)
             else:
                 body.send(sock, head)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the upstream may have answered and closed (an early 413): its answer is still read
+            sent_whole = False  # the upstream may have answered and closed (an early 413): its answer is still read
         answer = UpstreamAnswer(sock, method=method)
         answer.begin()
+        if not sent_whole:
+            answer.will_close = True  # never reused: the rest of the request was never sent
     except BaseException as error:
         conn.close()
         pool._put_conn(None)
