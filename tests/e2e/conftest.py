@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis
 from sqlalchemy.engine import make_url
 
 from tests.e2e.harness import TcpRelay, require_real_services
 from tests.notifications.conftest import Receiver
+from tests.support import SmtpSink
 
 
 @dataclass
@@ -65,3 +67,18 @@ def receiver() -> Iterator[Receiver]:
     found = Receiver().start()
     yield found
     found.stop()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """A real SMTP server on 127.0.0.1 for the processes under test."""
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def redis_client(services) -> Iterator[redis.Redis]:
+    """A client of the run's real Redis, for looking at queues and jobs the processes under test share."""
+    client = redis.Redis.from_url(services.redis_url)
+    yield client
+    client.close()

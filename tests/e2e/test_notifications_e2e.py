@@ -3,7 +3,7 @@ them to a real webhook receiver and a real SMTP server — at once when all is u
 worker or Redis was down. Nothing is lost."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -16,12 +16,6 @@ pytestmark = [pytest.mark.e2e, real_services]
 ENDPOINTS = "/api/v1/webhooks/endpoints"
 MOCK_PURCHASE = "/api/v1/currency/mock-purchase"
 EVENTS = ["balance.topped_up", "token.purchased"]
-
-
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
 
 
 def mail_env(smtp_sink: SmtpSink) -> dict[str, str]:

@@ -13,25 +13,17 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
-import redis
-import sqlalchemy as sa
 import stripe
-from rq import Queue
-from rq.job import Job, JobStatus
 
 from tests.e2e.harness import Gunicorn, Worker, real_services, wait_for
 from tests.fixtures.fake_stripe import API_KEY, WEBHOOK_SECRET, FakeStripe
+from tests.fixtures.shop import Shop
 from tests.notifications.conftest import Receiver, verify_signature
 from tests.payments.helpers import audits, event, sign
 from tests.support import SmtpSink
-from zenzefi_backend.extensions import db
-from zenzefi_backend.jobs.schedule import by_name
-from zenzefi_backend.ledger.models import Transaction
-from zenzefi_backend.payments.models import Payment
 
 pytestmark = [pytest.mark.e2e, real_services]
 
@@ -42,90 +34,6 @@ ENDPOINTS = "/api/v1/webhooks/endpoints"
 GATEWAY_SECRET = "gw-secret-0123456789abcdefghijklmnopqrstuvwxyz"  # noqa: S105 - a test secret
 PROCESSED = {"received": True, "processed": True}
 IGNORED = {"received": True, "processed": False}
-
-
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def redis_client(services) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(services.redis_url)
-    yield client
-    client.close()
-
-
-class Shop:
-    """Gunicorn and the worker taking payments through one provider; what a test does with them."""
-
-    def __init__(self, server: Gunicorn, worker: Worker, app, redis_client: redis.Redis):
-        self.server, self.worker, self.app, self.redis = server, worker, app, redis_client
-
-    def logs(self) -> str:
-        return f"{self.server.logs()}\n{self.worker.logs()}"
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.port}{path}"
-
-    def top_up(self, user: dict, amount_znc: str = "100", currency: str = "USD") -> dict:
-        created = self.server.call("POST", PURCHASE, {"amount_znc": amount_znc, "currency": currency},
-                                   user["headers"])
-        assert created.status == 201, self.server.describe(repr(created))
-        return created.json()
-
-    def subscribe(self, user: dict, receiver: Receiver) -> str:
-        endpoint = self.server.call("POST", ENDPOINTS, {"url": receiver.url(), "events": ["balance.topped_up"]},
-                                    user["headers"])
-        assert endpoint.status == 201, endpoint
-        return endpoint.json()["secret"]
-
-    def balance(self, user: dict) -> str:
-        answer = self.server.call("GET", "/api/v1/currency/balance", headers=user["headers"])
-        assert answer.status == 200, answer
-        return answer.json()["balance"]
-
-    def status(self, user: dict, payment_id: str) -> str:
-        answer = self.server.call("GET", f"/api/v1/currency/payments/{payment_id}", headers=user["headers"])
-        assert answer.status == 200, answer
-        return answer.json()["status"]
-
-    def deposits(self, user: dict) -> int:
-        with self.app.app_context():
-            return db.session.scalar(sa.select(sa.func.count()).select_from(Transaction).where(
-                Transaction.user_id == uuid.UUID(user["id"]), Transaction.transaction_type == "deposit"))
-
-    def payments(self) -> int:
-        with self.app.app_context():
-            return db.session.scalar(sa.select(sa.func.count()).select_from(Payment))
-
-    def provider_id(self, created: dict) -> str:
-        with self.app.app_context():
-            return db.session.get(Payment, uuid.UUID(created["payment_id"])).provider_payment_id
-
-    def age(self, payment_id: str, minutes: int = 11) -> None:
-        """Make a payment look created `minutes` ago (the processes under test keep the real clock)."""
-        with self.app.app_context():
-            payment = db.session.get(Payment, uuid.UUID(payment_id))
-            payment.created_at -= timedelta(minutes=minutes)
-            db.session.commit()
-
-    def reconcile(self) -> dict[str, int]:
-        """Enqueue the periodic reconciliation job for the worker and wait for its result."""
-        periodic = by_name("reconcile_payments")
-        job = Queue(periodic.queue, connection=self.redis).enqueue(periodic.func, result_ttl=600)
-        wait_for(lambda: Job.fetch(job.id, connection=self.redis).get_status() in (JobStatus.FINISHED,
-                                                                                   JobStatus.FAILED), 30,
-                 lambda: f"the reconciliation job did not finish\n{self.logs()}", step=0.1)
-        fetched = Job.fetch(job.id, connection=self.redis)
-        assert fetched.get_status() == JobStatus.FINISHED, self.logs()
-        return fetched.return_value()
-
-    def post(self, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-        answer = self.server.request("POST", path, headers={"Content-Type": "application/json", **headers},
-                                     body=raw, timeout=10)
-        return answer.status, answer.json()
 
 
 def shop_env(smtp_sink: SmtpSink, **extra: str) -> dict[str, str]:
@@ -143,7 +51,7 @@ def stripe_shop(services, app, fake_stripe: FakeStripe, smtp_sink, redis_client)
             Worker(services.database_url, services.redis_url, ["--no-scheduler"], extra_env=env) as worker:
         # Stripe's dashboard: our endpoint, the Checkout events; a copy goes to `copies` so a test can replay.
         fake_stripe.register_webhook(f"http://127.0.0.1:{server.port}{STRIPE_WEBHOOK}")
-        yield Shop(server, worker, app, redis_client)
+        yield Shop(server, worker, app, redis_client, currency="USD")
 
 
 @pytest.fixture
@@ -269,7 +177,7 @@ def gateway_shop(services, app, smtp_sink, redis_client) -> Iterator[Shop]:
                    PAYMENT_GATEWAY_URL="https://pay.example.com/{payment_id}?amount={amount}&currency={currency}")
     with Gunicorn(services.database_url, services.redis_url, extra_env=env) as server, \
             Worker(services.database_url, services.redis_url, ["--no-scheduler"], extra_env=env) as worker:
-        yield Shop(server, worker, app, redis_client)
+        yield Shop(server, worker, app, redis_client, currency="USD")
 
 
 def test_the_gateways_signed_webhook_credits_once_and_refuses_forgeries(gateway_shop, receiver, smtp_sink, app):

@@ -60,12 +60,6 @@ def cluster() -> Iterator[SentinelCluster]:
         yield started
 
 
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
 @dataclass
 class Stack:
     server: Gunicorn

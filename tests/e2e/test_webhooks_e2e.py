@@ -4,10 +4,8 @@ RQ's scheduler brings the retry back 10 s later, and it arrives — same `webhoo
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
-import redis
 from rq import Queue
 
 from tests.e2e.harness import Gunicorn, Worker, real_services, wait_for
@@ -16,13 +14,6 @@ from tests.notifications.conftest import verify_signature
 pytestmark = pytest.mark.e2e
 
 ENDPOINTS = "/api/v1/webhooks/endpoints"
-
-
-@pytest.fixture
-def redis_client(services) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(services.redis_url)
-    yield client
-    client.close()
 
 
 @real_services

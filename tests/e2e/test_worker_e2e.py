@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
-import redis
 from rq import Queue
 from rq.registry import FinishedJobRegistry
 
@@ -18,13 +16,6 @@ from zenzefi_backend.jobs.schedule import TICK_SECONDS, by_name
 pytestmark = pytest.mark.e2e
 
 HEALTH_JOB_PREFIX = "periodic-health_check-"
-
-
-@pytest.fixture
-def redis_client(services) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(services.redis_url)
-    yield client
-    client.close()
 
 
 def health_job_ids(job_ids: list[str]) -> list[str]:

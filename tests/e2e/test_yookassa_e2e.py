@@ -8,24 +8,18 @@ nothing; a lost notification is made good by the reconciliation job the worker r
 a 503 with nothing stored, and down during reconciliation loses nothing."""
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 import redis
 import sqlalchemy as sa
-from rq import Queue
-from rq.job import Job, JobStatus
 
 from tests.e2e.harness import Gunicorn, Worker, real_services, wait_for
 from tests.fixtures.fake_yookassa import FakeYooKassa
+from tests.fixtures.shop import Shop
 from tests.notifications.conftest import verify_signature
 from tests.payments.helpers import audits
-from tests.support import SmtpSink
 from zenzefi_backend.extensions import db
-from zenzefi_backend.jobs.schedule import by_name
-from zenzefi_backend.ledger.models import Transaction
 from zenzefi_backend.payments.models import Payment
 
 pytestmark = [pytest.mark.e2e, real_services]
@@ -36,81 +30,28 @@ ENDPOINTS = "/api/v1/webhooks/endpoints"
 OUTSIDE = "203.0.113.9"
 
 
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def redis_client(services) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(services.redis_url)
-    yield client
-    client.close()
-
-
-class Shop:
-    """Gunicorn and the worker taking payments through the fake YooKassa; helpers for what a test does."""
+class YooKassaShop(Shop):
+    """The shop taking payments through the fake YooKassa."""
 
     def __init__(self, server: Gunicorn, worker: Worker, fake: FakeYooKassa, app, redis_client: redis.Redis):
-        self.server, self.worker, self.fake, self.app, self.redis = server, worker, fake, app, redis_client
-
-    def logs(self) -> str:
-        return f"{self.server.logs()}\n{self.worker.logs()}"
+        super().__init__(server, worker, app, redis_client)
+        self.fake = fake
 
     @property
     def webhook_url(self) -> str:
         return f"http://127.0.0.1:{self.server.port}{WEBHOOK}"
 
-    def top_up(self, user: dict, amount_znc: str = "100") -> dict:
-        created = self.server.call("POST", PURCHASE, {"amount_znc": amount_znc}, user["headers"])
-        assert created.status == 201, self.server.describe(repr(created))
-        return created.json()
-
     def their_id(self, created: dict) -> str:
         return self.fake.payment_for(created["payment_id"])["id"]
 
-    def balance(self, user: dict) -> str:
-        answer = self.server.call("GET", "/api/v1/currency/balance", headers=user["headers"])
-        assert answer.status == 200, answer
-        return answer.json()["balance"]
-
-    def status(self, user: dict, payment_id: str) -> str:
-        answer = self.server.call("GET", f"/api/v1/currency/payments/{payment_id}", headers=user["headers"])
-        assert answer.status == 200, answer
-        return answer.json()["status"]
-
-    def deposits(self, user: dict) -> int:
-        with self.app.app_context():
-            return db.session.scalar(sa.select(sa.func.count()).select_from(Transaction).where(
-                Transaction.user_id == uuid.UUID(user["id"]), Transaction.transaction_type == "deposit"))
-
-    def age(self, payment_id: str, minutes: int = 11) -> None:
-        """Make a payment look created `minutes` ago (the processes under test keep the real clock)."""
-        with self.app.app_context():
-            payment = db.session.get(Payment, uuid.UUID(payment_id))
-            payment.created_at -= timedelta(minutes=minutes)
-            db.session.commit()
-
-    def reconcile(self) -> dict[str, int]:
-        """Enqueue the periodic reconciliation job for the worker and wait for its result."""
-        periodic = by_name("reconcile_payments")
-        job = Queue(periodic.queue, connection=self.redis).enqueue(periodic.func, result_ttl=600)
-        wait_for(lambda: Job.fetch(job.id, connection=self.redis).get_status() in (JobStatus.FINISHED,
-                                                                                   JobStatus.FAILED), 30,
-                 lambda: f"the reconciliation job did not finish\n{self.logs()}", step=0.1)
-        fetched = Job.fetch(job.id, connection=self.redis)
-        assert fetched.get_status() == JobStatus.FINISHED, self.logs()
-        return fetched.return_value()
-
 
 @pytest.fixture
-def shop(services, app, fake_yookassa, smtp_sink, redis_client) -> Iterator[Shop]:
+def shop(services, app, fake_yookassa, smtp_sink, redis_client) -> Iterator[YooKassaShop]:
     env = {"PAYMENT_PROVIDER": "yookassa", **fake_yookassa.config(), "TRUSTED_PROXY_HOPS": "1",
            "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_sink.port)}
     with Gunicorn(services.database_url, services.redis_url, extra_env=env) as server, \
             Worker(services.database_url, services.redis_url, ["--no-scheduler"], extra_env=env) as worker:
-        yield Shop(server, worker, fake_yookassa, app, redis_client)
+        yield YooKassaShop(server, worker, fake_yookassa, app, redis_client)
 
 
 def test_paid_at_yookassa_is_credited_once_with_one_receipt_and_one_webhook(shop, receiver, smtp_sink, app):
