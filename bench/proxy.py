@@ -57,6 +57,12 @@ DOWNLOAD_LIMIT_SECONDS = 180.0
 RSS_SAMPLE_SECONDS = 0.05
 RSS_TARGET_MB = 50.0
 STALL_SECONDS = 2.0  # wrk's request timeout: a request slower than this counts as a timeout (a stall)
+# Issue 15 item 4: (c) at least as fast as the bare pass-through (b) at 16 and 64 connections, aiming at 1.2x;
+# at one connection it adds at most 1 ms at p50 (and 8 ms at p99, issue 4's bound) over the upstream alone.
+RATIO_TARGET = 1.0
+RATIO_AIM = 1.2
+ADDED_P50_MS = 1.0
+ADDED_P99_MS = 8.0
 
 
 def log(message: str) -> None:
@@ -316,6 +322,7 @@ class Cell:
     timeouts: int = 0
     requests: int = 0
     cpu_us: float = float("nan")  # CPU of the server's gunicorn workers per request (not measured for (a))
+    load: float = float("nan")  # the machine's 1-minute load average when the cell ended
 
     @property
     def errors(self) -> int:
@@ -434,9 +441,10 @@ def measure(load, target: str, url: str, headers: dict[str, str], connection_cou
         spent += sum(cpu_seconds(pid) for pid in workers)
         if workers and cell.requests:
             cell.cpu_us = spent / cell.requests * 1e6
+        cell.load = os.getloadavg()[0]
         log(f"  {target:<22} {connections:>3} connections: {cell.rps:9.1f} req/s  p50 {cell.p50_ms:.2f} ms  "
             f"p99 {cell.p99_ms:.2f} ms  errors {cell.errors}"
-            + (f"  worker CPU {cell.cpu_us:.0f} us/request" if workers else ""))
+            + (f"  worker CPU {cell.cpu_us:.0f} us/request" if workers else "") + f"  load {cell.load:.2f}")
         cells.append(cell)
     return cells
 
@@ -559,11 +567,11 @@ def verdict(ok: bool) -> str:
 
 
 def report(cells: list[Cell], fetched: Download | None, workers: list[int]) -> bool:
-    rows = [["target", "conns", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "CPU us/req", "errors"]]
+    rows = [["target", "conns", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "CPU us/req", "load", "errors"]]
     for cell in cells:
         rows.append([cell.target, str(cell.connections), f"{cell.rps:.1f}", f"{cell.p50_ms:.2f}",
                      f"{cell.p90_ms:.2f}", f"{cell.p99_ms:.2f}", f"{cell.max_ms:.1f}",
-                     "-" if cell.cpu_us != cell.cpu_us else f"{cell.cpu_us:.0f}",
+                     "-" if cell.cpu_us != cell.cpu_us else f"{cell.cpu_us:.0f}", f"{cell.load:.2f}",
                      f"{cell.errors}" + (f" ({cell.non_2xx} non-2xx, {cell.socket_errors} socket"
                                          f"{f', {cell.timeouts} timeouts' if cell.timeouts else ''})"
                                          if cell.errors else "")])
@@ -576,20 +584,25 @@ def report(cells: list[Cell], fetched: Download | None, workers: list[int]) -> b
 
     checks: list[tuple[str, bool]] = []
     notes: list[str] = []
-    b16, c16 = find("(b)", 16), find("(c)", 16)
-    if b16 and c16:
-        share = c16.rps / b16.rps * 100 if b16.rps else 0.0
-        checks.append((f"16 connections: (c) {c16.rps:.1f} req/s is {share:.1f} % of (b) {b16.rps:.1f} req/s "
-                       f"(target >= 80 %)", share >= 80))
-        if b16.cpu_us == b16.cpu_us and c16.cpu_us == c16.cpu_us:
-            notes.append(f"16 connections: gunicorn worker CPU per request (c) {c16.cpu_us:.0f} us, (b) "
-                         f"{b16.cpu_us:.0f} us: (c) would reach {b16.cpu_us / c16.cpu_us * 100:.0f} % of (b)'s "
-                         f"req/s if the workers' CPU were all that limits them (Redis' CPU for (c) not included)")
+    for connections in (16, 64):
+        b, c = find("(b)", connections), find("(c)", connections)
+        if not (b and c):
+            continue
+        ratio = c.rps / b.rps if b.rps else 0.0
+        checks.append((f"{connections} connections: (c) {c.rps:.1f} req/s is {ratio:.2f}x (b) {b.rps:.1f} req/s "
+                       f"(target >= {RATIO_TARGET:.1f}x, aim {RATIO_AIM:.1f}x"
+                       f"{': reached' if ratio >= RATIO_AIM else ''})", ratio >= RATIO_TARGET))
+        if b.cpu_us == b.cpu_us and c.cpu_us == c.cpu_us:
+            notes.append(f"{connections} connections: gunicorn worker CPU per request (c) {c.cpu_us:.0f} us, (b) "
+                         f"{b.cpu_us:.0f} us: (c) would reach {b.cpu_us / c.cpu_us:.2f}x (b)'s req/s if the workers' "
+                         f"CPU were all that limits them (Redis' CPU for (c) not included)")
     a1, c1 = find("(a)", 1), find("(c)", 1)
     if a1 and c1:
         added50, added99 = c1.p50_ms - a1.p50_ms, c1.p99_ms - a1.p99_ms
-        checks.append((f"1 connection: (c) adds {added50:.2f} ms at p50 over (a) (target <= 3 ms)", added50 <= 3))
-        checks.append((f"1 connection: (c) adds {added99:.2f} ms at p99 over (a) (target <= 8 ms)", added99 <= 8))
+        checks.append((f"1 connection: (c) adds {added50:.2f} ms at p50 over (a) (target <= {ADDED_P50_MS:g} ms)",
+                       added50 <= ADDED_P50_MS))
+        checks.append((f"1 connection: (c) adds {added99:.2f} ms at p99 over (a) (target <= {ADDED_P99_MS:g} ms)",
+                       added99 <= ADDED_P99_MS))
     for cell in (c for c in cells if c.connections == 64):
         checks.append((f"64 connections: {cell.target}: {cell.errors} errors, {cell.timeouts} timeouts, "
                        f"max {cell.max_ms:.1f} ms (target: no errors, no request over {STALL_SECONDS:g} s)",
@@ -661,7 +674,8 @@ def run(args: argparse.Namespace, connection_counts: list[int], cleanup: context
 
     load = Wrk(workdir) if shutil.which("wrk") else PythonLoad()
     use_nginx = args.upstream == "nginx" or (args.upstream == "auto" and shutil.which("nginx") is not None)
-    log(f"machine: {os.cpu_count()} CPUs; load generator: {load.version}; gunicorn: {args.workers} workers x "
+    log(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, "
+        f"15 min) before the run; load generator: {load.version}; gunicorn: {args.workers} workers x "
         f"{args.threads} threads (gthread, gunicorn.conf.py); {args.warmup:g} s warm-up + {args.seconds:g} s "
         f"per cell")
     if not use_nginx:
@@ -755,6 +769,8 @@ def run(args: argparse.Namespace, connection_counts: list[int], cleanup: context
         proxy.stop()
 
     passed = report(cells, fetched, workers)
+    log(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min) after the run: other work on "
+        f"the machine moves every figure, req/s most; worker CPU per request least")
     return 0 if passed else 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,21 +33,22 @@ MAX_BODY = 4096
 
 
 @contextlib.contextmanager
-def redis_round_trips(env: ProxyEnv) -> Iterator[list[str]]:
-    """Every connection the app's Redis client takes from its pool (one per command or pipeline sent)."""
+def redis_round_trips(env: ProxyEnv, monkeypatch) -> Iterator[list[str]]:
+    """Every command or pipeline this thread sends to the app's Redis (one round trip each), on a connection of
+    the app's pool, pooled or held by the thread."""
     pool = runtime_of(env.app).redis.connection_pool
-    taken: list[str] = []
-    original = pool.get_connection
+    sent: list[str] = []
+    original = pool.connection_class.send_packed_command
+    me = threading.get_ident()
 
-    def get_connection(*args, **kwargs):
-        taken.append("connection")
-        return original(*args, **kwargs)
+    def send_packed_command(connection, *args, **kwargs):
+        if threading.get_ident() == me:
+            sent.append("round trip")
+        return original(connection, *args, **kwargs)
 
-    pool.get_connection = get_connection
-    try:
-        yield taken
-    finally:
-        del pool.get_connection
+    with monkeypatch.context() as patched:
+        patched.setattr(pool.connection_class, "send_packed_command", send_packed_command)
+        yield sent
 
 
 # --- which requests take it --------------------------------------------------------------------------------
@@ -260,15 +262,55 @@ def _session_counters(env: ProxyEnv, token: dict) -> dict[str, int]:
     return {key.decode(): int(value) for key, value in raw.items() if key != b"last_activity"}
 
 
-def test_a_warm_request_is_one_redis_round_trip(env, token, upstream):
+def test_a_warm_request_is_one_redis_round_trip_on_the_threads_own_connection(env, token, upstream, monkeypatch):
     upstream.reply("/blob", Reply(body=b"z" * 5000))
     for _ in range(2):
         assert env.get("blob", token=token).status_code == 200
-    with redis_round_trips(env) as taken:
+    pool = runtime_of(env.app).redis.connection_pool
+    taken: list[str] = []
+    original = pool.get_connection
+    monkeypatch.setattr(pool, "get_connection", lambda *args, **kwargs: taken.append("taken") or original())
+    own = state.own_connection(runtime_of(env.app).redis)
+    with redis_round_trips(env, monkeypatch) as sent:
         for _ in range(5):
             assert env.get("blob", token=token).status_code == 200
             assert env.call("POST", "blob", token=token, data=b"u" * 10).status_code == 200
-    assert len(taken) == 10
+    assert len(sent) == 10
+    assert taken == []  # no checkout, no release: the thread's own connection
+    assert state.own_connection(runtime_of(env.app).redis) is own
+
+
+def test_the_threads_own_redis_connection_goes_back_when_the_client_changes_and_never_crosses_fork(env, token):
+    import os
+
+    from redis import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from tests.support import dead_redis
+
+    client = runtime_of(env.app).redis
+    assert env.get("certificates/filter", token=token).status_code == 200
+    own = state.own_connection(client)
+    with pytest.raises(RedisConnectionError):
+        state.own_connection(dead_redis())  # no connection to be had: the thread keeps the one it has
+    assert state.own_connection(client) is own
+    pool = client.connection_pool
+    other = Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs))
+    assert state.own_connection(other) is not own
+    assert own in pool._available_connections  # given back to its pool, not leaked
+    mine = state.own_connection(client)
+    assert env.get("certificates/filter", token=token).status_code == 200
+    assert state.own_connection(client) is mine
+    pid = os.fork()
+    if pid == 0:  # the child: exits 0 only when it got a connection of its own
+        try:
+            os._exit(0 if state.own_connection(client) is not mine else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert state.own_connection(client) is mine
+    assert env.get("certificates/filter", token=token).status_code == 200
 
 
 def test_response_bytes_ride_on_the_next_admission(env, token, upstream):

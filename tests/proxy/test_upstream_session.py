@@ -1,6 +1,7 @@
-"""The upstream client (issue 4): one shared, pooled `requests.Session` per process, whose cookie jar never
-keeps anything (no cookie of one user is ever sent for another), which ignores the environment (the upstream
-is a fixed configured URL) and never follows, nor prepares, a redirect."""
+"""The upstream client (issue 4): one shared `requests.Session` per process, whose adapter's per-thread urllib3
+pools carry every upstream request; its cookie jar never keeps anything (no cookie of one user is ever sent for
+another), it ignores the environment (the upstream is a fixed configured URL) and never follows, nor prepares, a
+redirect."""
 from __future__ import annotations
 
 import os
@@ -14,16 +15,17 @@ from zenzefi_backend.proxy import forwarding
 
 
 @pytest.fixture
-def sends(monkeypatch) -> list[requests.Session]:
-    """The session object each upstream request of this test was sent through."""
-    used: list[requests.Session] = []
-    original = forwarding.ForwardingSession.send
+def sends(monkeypatch) -> list[tuple[forwarding.ForwardingAdapter, object]]:
+    """(adapter, connection pool) of each upstream request of this test."""
+    used: list[tuple[forwarding.ForwardingAdapter, object]] = []
+    original = forwarding.ForwardingAdapter.upstream
 
-    def send(self, request, **kwargs):
-        used.append(self)
-        return original(self, request, **kwargs)
+    def upstream(self, base):
+        found = original(self, base)
+        used.append((self, found.pool))
+        return found
 
-    monkeypatch.setattr(forwarding.ForwardingSession, "send", send)
+    monkeypatch.setattr(forwarding.ForwardingAdapter, "upstream", upstream)
     return used
 
 
@@ -41,18 +43,29 @@ def test_every_upstream_request_goes_through_one_shared_session(env, upstream, s
         thread.join()
     assert env.get("certificates/filter", token=first).status_code == 200
     assert env.get("certificates/filter", token=second, device=DEVICE_B).status_code == 200
+    sent = list(sends)
     session = forwarding.upstream_session()
     assert isinstance(session, requests.Session)
-    assert len(sends) == 2 and all(used is session for used in sends)
-    assert all(other is session for other in seen)
     adapter = session.get_adapter(upstream.origin)
-    assert adapter.max_retries.total == 0
+    assert isinstance(adapter, forwarding.ForwardingAdapter) and adapter.max_retries.total == 0
+    # Both requests took this thread's pool of the session's adapter.
+    pool = adapter.upstream(upstream.origin).pool
+    assert sent == [(adapter, pool), (adapter, pool)]
+    assert (pool.host, pool.port, pool.block, pool.pool.maxsize) == ("127.0.0.1", upstream.port, False,
+                                                                     forwarding.THREAD_POOL_MAXSIZE)
+    assert all(other is session for other in seen)
     # Each thread has pools of its own inside the one session: no thread waits on another's pool lock.
     pools = {id(adapter._thread_pools())}
-    other = threading.Thread(target=lambda: pools.add(id(adapter._thread_pools())))
+    other_pools: list[object] = []
+
+    def other_thread() -> None:
+        pools.add(id(adapter._thread_pools()))
+        other_pools.append(adapter.upstream(upstream.origin).pool)
+
+    other = threading.Thread(target=other_thread)
     other.start()
     other.join()
-    assert len(pools) == 2
+    assert len(pools) == 2 and other_pools[0] is not pool
 
 
 def test_the_shared_cookie_jar_stays_empty_and_nothing_bleeds_between_users(env, upstream, sends):
@@ -71,7 +84,7 @@ def test_the_shared_cookie_jar_stays_empty_and_nothing_bleeds_between_users(env,
     assert env.get("certificates/filter", token=second, device=DEVICE_B).status_code == 200
     assert [r.header("Cookie") for r in upstream.log] == [None, None, "JSESSIONID=a-session", None]
     session = forwarding.upstream_session()
-    assert sends and all(used is session for used in sends)
+    assert sends and all(used is session.get_adapter(upstream.origin) for used, _ in sends)
     assert len(session.cookies) == 0 and list(session.cookies) == []
     # Even a cookie set on the jar by hand is not kept.
     session.cookies.set("JSESSIONID", "planted", domain="127.0.0.1", path="/")
@@ -119,7 +132,8 @@ def test_a_forked_child_makes_its_own_session():
     pid = os.fork()
     if pid == 0:  # the child: exits 0 only when it got a new session
         try:
-            os._exit(0 if forwarding._session is None and forwarding.upstream_session() is not parent else 1)
+            fresh = forwarding._session is None and forwarding.upstream_session() is not parent
+            os._exit(0 if fresh and forwarding.upstream_adapter() is not parent.adapter else 1)
         except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, Request, Response, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..errors import ZenzefiError, error_response
@@ -66,13 +66,11 @@ class ProxyFastPath:
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         if not is_fast_path_request(environ):
             return self.wsgi_app(environ, start_response)
-        request: Request = self.app.request_class(environ)
-        request.max_content_length = self.app.config["MAX_CONTENT_LENGTH"]  # as Flask's request would read it
         try:
-            response = forward_request(self.runtime, request)
+            response = forward_request(self.runtime, environ)
         except Exception as error:  # every failure gets the JSON body the Flask route would give
             response = self._error_response(error)
-        _counter(request.method, response.status_code).inc()
+        _counter(environ.get("REQUEST_METHOD", "GET").upper(), response.status_code).inc()
         return response(environ, start_response)
 
     def _error_response(self, error: Exception) -> Response:

@@ -1,12 +1,14 @@
 """One forwarded request, start to end: every check, then upstream and back. The Flask route and the WSGI fast
 path both call `forward_request`, so the rule lives here once; rejections are raised as ZenzefiError and each
-caller renders them with the project's one error handler."""
+caller renders them with the project's one error handler. It reads the WSGI environ only (no request object)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from flask import Request, Response
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.sansio.utils import get_content_length
+from werkzeug.wrappers import Request
 
 from ..errors import ZenzefiError
 from ..metrics import proxy_bytes, proxy_latency
@@ -22,39 +24,44 @@ class RequestTooLarge(ZenzefiError):
     message = "The request body is too large."
 
 
-def forward_request(runtime: ProxyRuntime, request: Request) -> Response:
+def forward_request(runtime: ProxyRuntime, environ: dict[str, Any]) -> forwarding.Relayed:
     """Checks in SPEC §3.6's order, the 413, then the upstream's answer streamed back. The token's clock starts
     with the first request the upstream answers; the answer's bytes are counted when it has been sent."""
     started = time.perf_counter()
     config = runtime.config
-    environ = request.environ
     try:
-        raw = raw_subpath(environ.get("RAW_URI") or request.full_path)
+        # gunicorn and werkzeug give the raw target; another server, the path as Flask's request shows it.
+        raw = raw_subpath(environ.get("RAW_URI") or Request(environ, shallow=True).full_path)
     except NotCanonical:
         raw = "\\"  # the route matched, but the raw target is odd: let the path check refuse it in order
-    length = request.content_length or 0
+    length = get_content_length(environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING")) or 0
+    remote_addr = environ.get("REMOTE_ADDR")
     admission = services.admit(
-        runtime, request.headers.get("X-Access-Token"), request.headers.get("X-Device-ID"), raw,
-        ip_address=request.remote_addr, user_agent=environ.get("HTTP_USER_AGENT"), bytes_in=length,
+        runtime, environ.get("HTTP_X_ACCESS_TOKEN"), environ.get("HTTP_X_DEVICE_ID"), raw,
+        ip_address=remote_addr, user_agent=environ.get("HTTP_USER_AGENT"), bytes_in=length,
     )
-    if length > config["MAX_CONTENT_LENGTH"]:
+    max_length = config["MAX_CONTENT_LENGTH"]
+    if length > max_length:
         raise RequestTooLarge()
-    base = config["ZENZEFI_UPSTREAM_URL"].rstrip("/")
-    query = request.query_string.decode("latin-1")
-    url = f"{base}/{raw}" + (f"?{query}" if query else "")
+
+    def done(sent: int) -> None:
+        if sent:
+            _BYTES_OUT.inc(sent)
+        services.record_bytes_out(runtime, admission, sent)
+
     # Like every proxy, append the address this connection came from (the trusted front proxy, if any).
-    peer = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR", request.remote_addr)
+    proxied = environ.get("werkzeug.proxy_fix.orig")
+    peer = proxied.get("REMOTE_ADDR", remote_addr) if proxied else remote_addr
     try:
-        upstream = forwarding.send(request, url, client_address=peer, connect_timeout=config["PROXY_CONNECT_TIMEOUT"],
-                                   read_timeout=config["PROXY_READ_TIMEOUT"])
+        relayed = forwarding.send(
+            environ, config["ZENZEFI_UPSTREAM_URL"].rstrip("/"), raw, environ.get("QUERY_STRING", ""),
+            method=environ.get("REQUEST_METHOD", "GET").upper(), length=length, max_length=max_length,
+            client_address=peer, connect_timeout=config["PROXY_CONNECT_TIMEOUT"],
+            read_timeout=config["PROXY_READ_TIMEOUT"], on_done=done)
     except RequestEntityTooLarge:  # a chunked body went over MAX_CONTENT_LENGTH while it was being sent
         raise RequestTooLarge() from None
     proxy_latency.observe(time.perf_counter() - started)
-    _BYTES_IN.inc(length)
+    if length:
+        _BYTES_IN.inc(length)
     services.activate_if_first_use(runtime, admission)
-
-    def done(sent: int) -> None:
-        _BYTES_OUT.inc(sent)
-        services.record_bytes_out(runtime, admission, sent)
-
-    return forwarding.relay(upstream, base, done)
+    return relayed

@@ -55,4 +55,4 @@ def forward(subpath: str):
     """
     # Reached only by requests with an `Origin` (CORS is Flask's) or when the fast path is not installed:
     # fastpath.py serves the others with the same forward_request.
-    return forward_request(runtime_of(current_app._get_current_object()), request._get_current_object())
+    return forward_request(runtime_of(current_app._get_current_object()), request.environ).response()

@@ -84,13 +84,28 @@ def _check_headers(secret: str | None, device_id: str | None) -> None:
         raise MissingAccessToken()
 
 
+# Verdicts of paths seen lately: judged before the token is, so bounded in entries and in path length (at most
+# _VERDICTS_MAX x _VERDICT_PATH_LENGTH characters, whatever anybody sends).
+_VERDICTS: dict[str, tuple[bool, bool]] = {}
+_VERDICTS_MAX = 4096
+_VERDICT_PATH_LENGTH = 256
+
+
 def _path_verdicts(subpath: str) -> tuple[bool, bool]:
-    """(canonical, allowed for certificates_only)."""
-    try:
-        path = canonical(subpath)
-    except NotCanonical:
-        return False, False
-    return True, allowed_for_certificates_only(path)
+    """(canonical, allowed for certificates_only), judged once per path (a warm client asks for the same ones)."""
+    verdicts = _VERDICTS.get(subpath)
+    if verdicts is None:
+        try:
+            path = canonical(subpath)
+        except NotCanonical:
+            verdicts = (False, False)
+        else:
+            verdicts = (True, allowed_for_certificates_only(path))
+        if len(subpath) <= _VERDICT_PATH_LENGTH:
+            if len(_VERDICTS) >= _VERDICTS_MAX:
+                _VERDICTS.clear()
+            _VERDICTS[subpath] = verdicts
+    return verdicts
 
 
 def _invalid() -> InvalidAccessToken:
@@ -145,7 +160,7 @@ def _admit_with_redis(runtime: ProxyRuntime, token_hash: str, device_id: str, pa
         verdict = reply[0]
         if verdict == "ok":
             _VALIDATIONS[cache_result].inc()
-            return Admission(TokenState.loads(reply[1]), UserState.loads(reply[2]), reply[3], via_redis=True,
+            return Admission(TokenState.cached(reply[1]), UserState.cached(reply[2]), reply[3], via_redis=True,
                              token_hash=token_hash)
         if verdict == "token_miss":
             cache_result = "cache_miss"

@@ -26,8 +26,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
-from redis import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis import Connection, ConnectionPool, Redis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..accounts.models import User
 from ..database import db
@@ -168,6 +168,11 @@ class TokenState:
             data["activated_us"], data["expires_us"] = data.pop("activated_at") * 1000, data.pop("expires_at") * 1000
         return cls(**data)
 
+    @classmethod
+    def cached(cls, raw: str) -> TokenState:
+        """`loads`, once per distinct cached entry (a warm request gets the same one back every time)."""
+        return _parsed(cls, raw)
+
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
@@ -206,8 +211,28 @@ class UserState:
     def loads(cls, raw: str | bytes) -> UserState:
         return cls(**json.loads(raw))
 
+    @classmethod
+    def cached(cls, raw: str) -> UserState:
+        return _parsed(cls, raw)
+
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+
+_PARSED: dict[tuple[type, str], TokenState | UserState] = {}
+_PARSED_MAX = 4096
+
+
+def _parsed(cls: type[TokenState] | type[UserState], raw: str) -> TokenState | UserState:
+    """The state a cached entry holds, parsed once: the states are immutable, and an entry that changes is another
+    string (bounded: cleared when full)."""
+    state = _PARSED.get((cls, raw))
+    if state is None:
+        state = cls.loads(raw)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[(cls, raw)] = state
+    return state
 
 
 def token_from_database(token_hash: str) -> TokenState | None:
@@ -272,10 +297,10 @@ class RedisState:
         for session_id, count in bytes_out:
             args += (session_id, count)
         try:
-            reply = client.evalsha(ADMIT_SHA, 1, *args)
+            reply = _evalsha(client, args)
         except NoScriptError:
             client.script_load(ADMIT)
-            reply = client.evalsha(ADMIT_SHA, 1, *args)
+            reply = _evalsha(client, args)
         return [part.decode() if isinstance(part, bytes) else part for part in reply]
 
     def remember_token(self, token_hash: str, state: TokenState | None) -> None:
@@ -325,6 +350,53 @@ class RedisState:
 
 
 redis_state = RedisState()
+
+
+class _OwnConnection(threading.local):
+    """This thread's connection for the ADMIT round trip, taken from the client's pool once and kept: a warm request
+    pays for no pool lock, checkout or release (gunicorn's threads never wait on each other's), only the command.
+    The connection reconnects by itself (to the current primary, with Sentinel) after a failure."""
+
+    pool: ConnectionPool | None = None
+    connection: Connection | None = None
+    generation = -1
+
+
+_own = _OwnConnection()
+_generation = 0  # moves on in a forked child: a connection never crosses fork()
+
+
+def _after_fork_in_child() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def own_connection(client: Redis) -> Connection:
+    own = _own
+    pool = client.connection_pool
+    if own.pool is pool and own.generation == _generation:
+        return own.connection
+    connection = pool.get_connection()  # (connects: when this fails, nothing has changed)
+    if own.connection is not None and own.generation == _generation:
+        own.pool.release(own.connection)  # another client now (tests swap them): the old one goes back
+    own.connection, own.pool, own.generation = connection, pool, _generation
+    return connection
+
+
+def _evalsha(client: Redis, args: list) -> list:
+    """EVALSHA on this thread's own connection, failing as the client would (it retries no command either)."""
+    connection = own_connection(client)
+    try:
+        connection.send_command("EVALSHA", ADMIT_SHA, 1, *args)
+        return connection.read_response()
+    except ResponseError:
+        raise  # NOSCRIPT or a script error: the connection is fine
+    except BaseException:
+        connection.disconnect()  # nothing half read is left for the next command
+        raise
 
 
 class PendingBytesOut:
