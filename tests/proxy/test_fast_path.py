@@ -280,6 +280,31 @@ def test_a_warm_request_is_one_redis_round_trip_on_the_threads_own_connection(en
     assert state.own_connection(runtime_of(env.app).redis) is own
 
 
+def test_after_a_failed_admit_the_next_connection_comes_through_the_pool(env, token, monkeypatch):
+    """`pool.get_connection()` is what asks the Sentinels where the primary is now; a connection that reconnected
+    by itself would go back to its old address (a dead or demoted primary) for as long as the process lives."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    client = runtime_of(env.app).redis
+    pool = client.connection_pool
+    assert env.get("certificates/filter", token=token).status_code == 200
+    own = state.own_connection(client)
+
+    def primary_gone(*args, **kwargs):
+        raise RedisConnectionError("the primary went away")
+
+    monkeypatch.setattr(own, "send_command", primary_gone)
+    with pytest.raises(RedisConnectionError):
+        state._evalsha(client, [state.TOKEN_KEY + "0" * 64])
+    monkeypatch.delattr(own, "send_command")
+    assert own in pool._available_connections  # given back, closed
+    taken: list[str] = []
+    original = pool.get_connection
+    monkeypatch.setattr(pool, "get_connection", lambda *args, **kwargs: taken.append("taken") or original())
+    state.own_connection(client)
+    assert taken == ["taken"]
+
+
 def test_the_threads_own_redis_connection_goes_back_when_the_client_changes_and_never_crosses_fork(env, token):
     import os
 

@@ -355,7 +355,7 @@ redis_state = RedisState()
 class _OwnConnection(threading.local):
     """This thread's connection for the ADMIT round trip, taken from the client's pool once and kept: a warm request
     pays for no pool lock, checkout or release (gunicorn's threads never wait on each other's), only the command.
-    The connection reconnects by itself (to the current primary, with Sentinel) after a failure."""
+    After a failure it is given back and the next ADMIT takes a new one (see `_drop_own_connection`)."""
 
     pool: ConnectionPool | None = None
     connection: Connection | None = None
@@ -377,7 +377,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def own_connection(client: Redis) -> Connection:
     own = _own
     pool = client.connection_pool
-    if own.pool is pool and own.generation == _generation:
+    if own.connection is not None and own.pool is pool and own.generation == _generation:
         return own.connection
     connection = pool.get_connection()  # (connects: when this fails, nothing has changed)
     if own.connection is not None and own.generation == _generation:
@@ -395,8 +395,20 @@ def _evalsha(client: Redis, args: list) -> list:
     except ResponseError:
         raise  # NOSCRIPT or a script error: the connection is fine
     except BaseException:
-        connection.disconnect()  # nothing half read is left for the next command
+        _drop_own_connection(connection)
         raise
+
+
+def _drop_own_connection(connection: Connection) -> None:
+    """After a failure the connection goes back to its pool, closed (nothing half read is left for the next
+    command), and the next ADMIT takes one through `pool.get_connection()`. That is the call that asks the
+    Sentinels where the primary is now: a connection that reconnected by itself (as redis-py's send_command
+    does) would go back to the address it had, the dead or demoted primary's."""
+    own = _own
+    connection.disconnect()
+    if own.connection is connection:
+        own.pool.release(connection)
+        own.connection = None
 
 
 class PendingBytesOut:
