@@ -741,6 +741,10 @@ def run(args: argparse.Namespace, connection_counts: list[int], cleanup: context
         "SECRET_KEY": secrets.token_urlsafe(48),
         "JWT_SECRET_KEY": secrets.token_urlsafe(48),
         "PAYMENT_WEBHOOK_SECRET": secrets.token_urlsafe(48),
+        # Production refuses to start without a payment provider; the bench funds its user by an admin
+        # adjustment, so the provider is never called (mock, allowed in production only when said so).
+        "PAYMENT_PROVIDER": "mock",
+        "MOCK_PAYMENTS_ENABLED": "true",
         "ZENZEFI_UPSTREAM_URL": upstream_url,
         "RATELIMIT_REGISTER": "1000 per hour",
         # The per-token limit (1000/min on the free plan) would turn the run into 429s; it is still checked.
