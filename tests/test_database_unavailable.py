@@ -177,3 +177,29 @@ def test_a_busy_sqlite_database_counts():
     busy = sqlite3.OperationalError("database is locked")
     busy.sqlite_errorname = "SQLITE_BUSY"
     assert database_unreachable(_wrapped(busy))
+
+
+def test_no_pooled_connection_free_within_the_pool_timeout_is_a_503(app, backends, accounts):
+    """Every connection of the process's pool is busy (a stuck query, a burst): the request that waited
+    `pool_timeout` for one gets a 503, and the next one, once connections are free, is served."""
+    if not backends.is_postgres:
+        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): the pool sizes and timeout are PostgreSQL's")
+    from zenzefi_backend import create_app
+    from zenzefi_backend.extensions import db
+
+    config = {name: app.config[name] for name in ("ZENZEFI_ENV", "DATABASE_URL", "REDIS_URL", "ZENZEFI_UPSTREAM_URL",
+                                                  "PASSWORD_HASH_TIME_COST", "PASSWORD_HASH_MEMORY_KIB")}
+    busy = create_app({**config, "RATELIMIT_ENABLED": False})
+    user = accounts.signed_in()
+    options = busy.config["SQLALCHEMY_ENGINE_OPTIONS"]
+    with busy.app_context():
+        held = [db.engine.connect() for _ in range(options["pool_size"] + options["max_overflow"])]
+        try:
+            waited = busy.test_client().get("/api/v1/users/me", headers=user["headers"])
+        finally:
+            for connection in held:
+                connection.close()
+        assert waited.status_code == 503, waited.get_json()
+        assert waited.headers["Retry-After"] == str(DATABASE_RETRY_AFTER_SECONDS)
+        assert busy.test_client().get("/api/v1/users/me", headers=user["headers"]).status_code == 200
+        db.engine.dispose()
