@@ -16,7 +16,7 @@ from rq import Worker
 
 from zenzefi_backend import create_app
 from zenzefi_backend.extensions import get_redis
-from zenzefi_backend.jobs.queues import QUEUE_NAMES
+from zenzefi_backend.jobs.queues import DEQUEUE_STRATEGY, QUEUE_NAMES
 from zenzefi_backend.jobs.schedule import PeriodicScheduler
 
 log = logging.getLogger("worker")
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=scheduler.run, name="periodic-scheduler", daemon=True).start()
         worker = Worker(args.queues, connection=connection)
         try:
-            worker.work(with_scheduler=True, burst=args.burst, logging_level=app.config["LOG_LEVEL"])
+            worker.work(with_scheduler=True, burst=args.burst, logging_level=app.config["LOG_LEVEL"],
+                        dequeue_strategy=DEQUEUE_STRATEGY)
         finally:
             scheduler.stopped.set()
             scheduler.release()
