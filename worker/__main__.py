@@ -12,11 +12,9 @@ import signal
 import sys
 import threading
 
-from rq import Worker
-
 from zenzefi_backend import create_app
 from zenzefi_backend.extensions import get_redis
-from zenzefi_backend.jobs.queues import DEQUEUE_STRATEGY, QUEUE_NAMES
+from zenzefi_backend.jobs.queues import DEQUEUE_STRATEGY, QUEUE_NAMES, InProcessWorker
 from zenzefi_backend.jobs.schedule import PeriodicScheduler
 
 log = logging.getLogger("worker")
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.no_scheduler:
             threading.Thread(target=scheduler.run, name="periodic-scheduler", daemon=True).start()
-        worker = Worker(args.queues, connection=connection)
+        worker = InProcessWorker(args.queues, connection=connection)
         try:
             worker.work(with_scheduler=True, burst=args.burst, logging_level=app.config["LOG_LEVEL"],
                         dequeue_strategy=DEQUEUE_STRATEGY)
