@@ -70,20 +70,22 @@ class Channel:
         return f"{self.name}-{row_id}-{attempt}"
 
 
-def claim(channel: Channel, row_id: uuid.UUID) -> int | None:
-    """Attempts + 1 and a lease on a due pending row, committed; the new attempt number, or None if it was not
-    ours (not due, not pending, out of attempts, claimed by another worker)."""
+def claim(channel: Channel, row_id: uuid.UUID, *returning: Any, commit: bool = True) -> sa.Row | None:
+    """Attempts + 1 and a lease on a due pending row, committed (or left for the caller to commit with what else it
+    reads, before it sends); (the new attempt number, *returning) of the row, or None if it was not ours (not due,
+    not pending, out of attempts, claimed by another worker)."""
     model = channel.model
     moment = now()
-    attempt = db.session.execute(
+    claimed = db.session.execute(
         sa.update(model)
         .where(model.id == row_id, model.status == "pending", model.next_attempt_at <= moment,
                model.attempts < channel.max_attempts)
         .values(attempts=model.attempts + 1, next_attempt_at=moment + channel.lease, **channel.claim_values(moment))
-        .returning(model.attempts)
-    ).scalar()
-    db.session.commit()
-    return attempt
+        .returning(model.attempts, *returning)
+    ).first()
+    if commit or claimed is None:
+        db.session.commit()
+    return claimed
 
 
 def retry_delay(channel: Channel, attempt: int) -> timedelta | None:

@@ -107,28 +107,44 @@ class Relayed:
     emails: list[uuid.UUID] = field(default_factory=list)
 
 
+def _relay(events: list[OutboxEvent]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Fan these events out and mark them dispatched, in the caller's transaction; (deliveries, e-mails) made."""
+    endpoints = webhooks.active_endpoints({event.user_id for event in events if event.user_id is not None})
+    deliveries: list[uuid.UUID] = []
+    emails: list[uuid.UUID] = []
+    for event in events:
+        deliveries += webhooks.add_deliveries(event, endpoints.get(event.user_id, []))
+        email_id = _email_for(event)
+        if email_id is not None:
+            emails.append(email_id)
+        event.dispatched_at = now()
+    return deliveries, emails
+
+
 def relay_events() -> Relayed:
     """Fan every undispatched event out to webhook deliveries and e-mails, and enqueue their first attempts.
 
-    An event that cannot be relayed (a bug, bad data) is logged, counted in `attempts` and left for the next
-    run, without holding up the others."""
+    A batch is relayed in one savepoint; if that fails, one event at a time: an event that cannot be relayed (a bug,
+    bad data) is logged, counted in `attempts` and left for the next run, without holding up the others."""
     relayed = Relayed()
     broken: set[uuid.UUID] = set()
     while True:
         events = db.session.scalars(_pending_events(broken)).all()
-        deliveries: list[uuid.UUID] = []
-        emails: list[uuid.UUID] = []
+        try:
+            with db.session.begin_nested():
+                deliveries, emails = _relay(events)
+        except Exception:
+            deliveries, emails = [], []
+            for event in events:
+                try:
+                    with db.session.begin_nested():
+                        made, mailed = _relay([event])
+                    deliveries += made
+                    emails += mailed
+                except Exception:
+                    log.exception("cannot relay an outbox event", extra={"event_id": str(event.id)})
+                    broken.add(event.id)
         for event in events:
-            try:
-                with db.session.begin_nested():
-                    made = webhooks.add_deliveries(event)
-                    email_id = _email_for(event)
-                    event.dispatched_at = now()
-                deliveries += made
-                emails += [email_id] if email_id else []
-            except Exception:
-                log.exception("cannot relay an outbox event", extra={"event_id": str(event.id)})
-                broken.add(event.id)
             event.attempts += 1
         db.session.commit()
         for delivery_id in deliveries:

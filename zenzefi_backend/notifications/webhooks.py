@@ -85,20 +85,33 @@ def fan_out(event: OutboxEvent) -> int:
     return len(add_deliveries(event))
 
 
-def add_deliveries(event: OutboxEvent) -> list[uuid.UUID]:
+def active_endpoints(user_ids: set[uuid.UUID]) -> dict[uuid.UUID, list[sa.Row]]:
+    """The active endpoints of these users (what `add_deliveries` needs of each), by user: one query for a batch."""
+    found: dict[uuid.UUID, list[sa.Row]] = {user_id: [] for user_id in user_ids}
+    for endpoint in db.session.execute(
+        sa.select(WebhookEndpoint.user_id, WebhookEndpoint.id, WebhookEndpoint.events, WebhookEndpoint.subscribed_at,
+                  WebhookEndpoint.created_at)
+        .where(WebhookEndpoint.user_id.in_(user_ids), WebhookEndpoint.is_active.is_(True))
+    ):
+        found[endpoint.user_id].append(endpoint)
+    return found
+
+
+def add_deliveries(event: OutboxEvent, endpoints: list[sa.Row] | None = None) -> list[uuid.UUID]:
     """One pending delivery per active endpoint of the event's user that subscribed to its type before the event
     happened (an endpoint never receives events from before it, or its subscription, existed), in the caller's
     transaction (the caller commits, then enqueues). Calling it twice for one event adds nothing the second
     time, also when two callers race: the (endpoint, message id) pair is unique and a duplicate is skipped
-    without an error. Returns the deliveries added."""
+    without an error. `endpoints`: the user's, from `active_endpoints` (else they are read here). Returns the
+    deliveries added."""
     if event.user_id is None:
         return []
     if event.id is None or event.created_at is None:
         db.session.flush()
-    subscribed = [endpoint_id for endpoint_id, events, subscribed_at, created_at in db.session.execute(
-        sa.select(WebhookEndpoint.id, WebhookEndpoint.events, WebhookEndpoint.subscribed_at, WebhookEndpoint.created_at)
-        .where(WebhookEndpoint.user_id == event.user_id, WebhookEndpoint.is_active.is_(True))
-    ) if _subscribed_when(event, events, subscribed_at, created_at)]
+    if endpoints is None:
+        endpoints = active_endpoints({event.user_id})[event.user_id]
+    subscribed = [endpoint.id for endpoint in endpoints
+                  if _subscribed_when(event, endpoint.events, endpoint.subscribed_at, endpoint.created_at)]
     if not subscribed:
         return []
     message_id = f"msg_{event.id.hex}"
@@ -134,17 +147,20 @@ def enqueue_delivery(delivery_id: uuid.UUID, delay_seconds: float = 0, *, attemp
 def deliver(delivery_id: uuid.UUID) -> str:
     """One attempt at one delivery. Safe to call any number of times, at once too: only one caller claims a due
     attempt; the others return why they did nothing."""
-    attempt = delivery.claim(CHANNEL, delivery_id)
-    if attempt is None:
+    claimed = delivery.claim(CHANNEL, delivery_id, WebhookDelivery.endpoint_id, WebhookDelivery.message_id,
+                             WebhookDelivery.payload, commit=False)
+    if claimed is None:
         return delivery.why_not_claimed(CHANNEL, delivery_id, on_abandon=_abandon)
-    row = db.session.get(WebhookDelivery, delivery_id, populate_existing=True)
-    endpoint = None if row is None else db.session.get(WebhookEndpoint, row.endpoint_id, populate_existing=True)
-    if row is None or endpoint is None:
-        db.session.rollback()
+    attempt, endpoint_id, message_id, payload = claimed
+    endpoint = db.session.execute(
+        sa.select(WebhookEndpoint.url, WebhookEndpoint.secret_sealed, WebhookEndpoint.is_active,
+                  WebhookEndpoint.consecutive_failures).where(WebhookEndpoint.id == endpoint_id)
+    ).first()
+    db.session.commit()  # the claim; and no DB transaction stays open while the receiver takes its time
+    if endpoint is None:
         return "nothing to do: the endpoint was deleted"
     if not endpoint.is_active:
         return _not_sent(delivery_id, attempt)
-    endpoint_id, url, message_id, payload = endpoint.id, endpoint.url, row.message_id, row.payload
     try:
         secret = unseal(SEAL_PURPOSE, endpoint.secret_sealed).decode()
     except Unreadable:
@@ -152,9 +168,8 @@ def deliver(delivery_id: uuid.UUID) -> str:
         return _record(delivery_id, endpoint_id, attempt, None,
                        "the signing secret is unreadable after a server key change; re-create the endpoint",
                        final=True)
-    db.session.rollback()  # no DB transaction stays open while the receiver takes its time
-    status, error = _send(url, message_id, payload, secret)
-    return _record(delivery_id, endpoint_id, attempt, status, error)
+    status, error = _send(endpoint.url, message_id, payload, secret)
+    return _record(delivery_id, endpoint_id, attempt, status, error, failures_before=endpoint.consecutive_failures)
 
 
 def _abandon(delivery_id: uuid.UUID) -> str:
@@ -211,7 +226,7 @@ def _send(url: str, message_id: str, payload: dict[str, Any], secret: str) -> tu
 
 
 def _record(delivery_id: uuid.UUID, endpoint_id: uuid.UUID, attempt: int, status: int | None, error: str | None,
-            *, final: bool = False) -> str:
+            *, final: bool = False, failures_before: int | None = None) -> str:
     """Write down the attempt's answer: 2xx succeeded; 410 disables the endpoint; anything else is retried
     after the next delay, and after the last attempt the delivery failed (one more failed delivery for the
     endpoint; FAILED_DELIVERIES_TO_DISABLE in a row disable it)."""
@@ -223,7 +238,7 @@ def _record(delivery_id: uuid.UUID, endpoint_id: uuid.UUID, attempt: int, status
         changed = db.session.execute(
             ours.values(status="succeeded", completed_at=moment, response_status=status, last_error=None)
             .returning(WebhookDelivery.id)).scalar()
-        if changed:
+        if changed and failures_before != 0:  # most endpoints have no failures to forget: no UPDATE for them
             db.session.execute(sa.update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
                                                                 WebhookEndpoint.consecutive_failures != 0)
                                .values(consecutive_failures=0))
