@@ -14,7 +14,7 @@ import threading
 
 from zenzefi_backend import create_app
 from zenzefi_backend.extensions import get_redis
-from zenzefi_backend.jobs.queues import DEQUEUE_STRATEGY, QUEUE_NAMES, InProcessWorker
+from zenzefi_backend.jobs.queues import QUEUE_NAMES, InProcessWorker
 from zenzefi_backend.jobs.schedule import PeriodicScheduler
 
 log = logging.getLogger("worker")
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=scheduler.run, name="periodic-scheduler", daemon=True).start()
         worker = InProcessWorker(args.queues, connection=connection)
         try:
-            worker.work(with_scheduler=True, burst=args.burst, logging_level=app.config["LOG_LEVEL"],
-                        dequeue_strategy=DEQUEUE_STRATEGY)
+            worker.work(with_scheduler=True, burst=args.burst, logging_level=app.config["LOG_LEVEL"])
         finally:
             scheduler.stopped.set()
             scheduler.release()
