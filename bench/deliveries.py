@@ -229,7 +229,7 @@ def main() -> int:
     parser.add_argument("--drain", type=int, default=600, help="purchases in the drain phase (0: skip it)")
     parser.add_argument("--database-server", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="PostgreSQL to create the throw-away database on")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13", help="a Redis DB of its own (flushed)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="a Redis DB of its own (flushed)")
     args = parser.parse_args()
 
     server_url = make_url(args.database_server)
