@@ -82,6 +82,7 @@ def claim(channel: Channel, row_id: uuid.UUID, *returning: Any, commit: bool = T
                model.attempts < channel.max_attempts)
         .values(attempts=model.attempts + 1, next_attempt_at=moment + channel.lease, **channel.claim_values(moment))
         .returning(model.attempts, *returning)
+        .execution_options(synchronize_session=False)  # no ORM bookkeeping: callers read what RETURNING gives
     ).first()
     if commit or claimed is None:
         db.session.commit()

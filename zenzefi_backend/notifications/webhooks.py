@@ -186,8 +186,9 @@ def _abandon(delivery_id: uuid.UUID) -> str:
 
 def _ours(delivery_id: uuid.UUID, attempt: int) -> sa.Update:
     """An UPDATE of the delivery only while it is still the attempt this worker claimed."""
-    return sa.update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
-                                            WebhookDelivery.attempts == attempt)
+    return (sa.update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
+                                             WebhookDelivery.attempts == attempt)
+            .execution_options(synchronize_session=False))
 
 
 def _not_sent(delivery_id: uuid.UUID, attempt: int) -> str:
