@@ -17,7 +17,7 @@ ENDPOINTS = "/api/v1/webhooks/endpoints"
 MOCK_PURCHASE = "/api/v1/currency/mock-purchase"
 BUYERS = 4
 PURCHASES_EACH = 8
-TAIL_SECONDS = 5.0  # the minute's relay would take up to 60 s
+TAIL_SECONDS = 10.0  # "within seconds" on a busy shared machine; the minute's relay would take up to 60 s
 
 
 def test_the_last_event_of_a_burst_is_delivered_within_seconds(services, receiver):
