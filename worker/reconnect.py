@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import signal
 import threading
@@ -29,6 +28,8 @@ from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+
+from zenzefi_backend.jobs.queues import InProcessWorker
 
 log = logging.getLogger("worker")
 
@@ -54,9 +55,10 @@ class Backoff:
         self.attempts = 0
 
 
-class ReconnectingWorker(Worker):
-    """RQ's forking worker that remembers the job whose end it has not seen recorded, re-registers itself when
-    Redis comes back empty, and tears down without raising while Redis is away."""
+class ReconnectingWorker(InProcessWorker):
+    """The project's RQ worker (jobs run in this process, see `InProcessWorker`) that remembers the job whose end it
+    has not seen recorded, re-registers itself when Redis comes back empty, and tears down without raising while
+    Redis is away."""
 
     max_connection_wait_time = BACKOFF_MAX_SECONDS  # RQ's own wait while dequeueing: back within seconds
 
@@ -73,7 +75,7 @@ class ReconnectingWorker(Worker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.unfinished = (job, queue)
         super().execute_job(job, queue)
-        # Here the horse exited 0 (it recorded the job's end) or RQ recorded the failure itself.
+        # Here the job's end is recorded (by the job's success or by RQ's failure handling).
         self.unfinished = None
 
     def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
@@ -83,8 +85,6 @@ class ReconnectingWorker(Worker):
         super().heartbeat(timeout, pipeline)
 
     def teardown(self) -> None:
-        if self.is_horse:
-            return
         if self.scheduler:
             self.stop_scheduler()
         with contextlib.suppress(RedisError):
@@ -95,13 +95,6 @@ class ReconnectingWorker(Worker):
             with contextlib.suppress(RedisError):
                 self.pubsub.close()
             self.pubsub_thread = None
-
-    def wait_for_running_horse(self) -> None:
-        """A job still running in its horse finishes first (as in a warm shutdown), then it may be queued again."""
-        if self.horse_pid:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.horse_pid, 0)
-            self._horse_pid = 0
 
 
 def requeue_unfinished(connection: Redis, job: Job, queue: Queue) -> bool:
@@ -169,7 +162,6 @@ def run_worker(make_worker: Callable[[], ReconnectingWorker], connection: Redis,
         finally:
             own_signals()
         if worker is not None:
-            worker.wait_for_running_horse()
             unfinished = worker.unfinished or unfinished
             if worker.asked_to_stop:
                 return 0
