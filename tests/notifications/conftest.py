@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from zenzefi_backend import clock
 
@@ -117,8 +117,11 @@ class Receiver:
 
 def verify_signature(secret: str, received: Received) -> dict[str, Any]:
     """What a receiver does: the `standardwebhooks` library's check (a `v1` signature over id, timestamp and raw
-    body; the timestamp within 5 minutes of now); the parsed body, or WebhookVerificationError."""
-    return Webhook(secret).verify(received.body, received.headers)
+    body; the timestamp within 5 minutes of now); the parsed body, or an AssertionError saying why not."""
+    try:
+        return Webhook(secret).verify(received.body, received.headers)
+    except WebhookVerificationError as refused:
+        raise AssertionError(f"the webhook does not verify: {refused}; headers {received.headers}") from None
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import sqlalchemy as sa
 import standardwebhooks.webhooks
 from prometheus_client import REGISTRY
 from rq import Queue, SimpleWorker
-from standardwebhooks import WebhookVerificationError
 
 from tests.admin.helpers import audit_rows
 from tests.support import POSTGRES_ONLY_REASON, dead_redis
@@ -118,9 +117,9 @@ def test_the_signature_matches_the_published_standard_webhooks_vector(monkeypatc
                "webhook-signature": "v1,bm9wZQ== v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}
     # The verifier the tests (and receivers) use agrees with the reference, and refuses a changed body or id.
     assert verify_signature(secret, Received("POST", "/", headers, body)) == {"test": 2432232314}
-    with pytest.raises(WebhookVerificationError):
+    with pytest.raises(AssertionError, match="does not verify"):
         verify_signature(secret, Received("POST", "/", headers, b'{"test": 2432232315}'))
-    with pytest.raises(WebhookVerificationError):
+    with pytest.raises(AssertionError, match="does not verify"):
         verify_signature(secret, Received("POST", "/", {**headers, "webhook-id": "msg_other"}, body))
 
 
