@@ -299,7 +299,7 @@ def message_id_of(mime) -> str:
 
 def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, tmp_path):
     began = time.monotonic()
-    database_url = own_postgres.url()
+    database_url = own_postgres.url
     engine = sa.create_engine(normalise_database_url(database_url), poolclass=sa.pool.NullPool)
     receiver = Receiver().start()
     stack = contextlib.ExitStack()
@@ -368,7 +368,7 @@ def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, t
         receiver_fault.over = at(RECEIVER_DOWN_AT + RECEIVER_DOWN_SECONDS)
         receiver.start()  # the same port again
         fault = faults["postgres restart"] = Fault("postgres restart", at(POSTGRES_RESTART_AT))
-        own_postgres.restart(down_seconds=POSTGRES_DOWN_SECONDS)
+        own_postgres.restart(down_for=POSTGRES_DOWN_SECONDS)
         fault.over = time.monotonic() - client.started
         fault = faults["gunicorn worker kill -9"] = Fault("gunicorn worker kill -9", at(GUNICORN_KILL_AT))
         before = gunicorn_workers(server)
@@ -558,7 +558,7 @@ def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, t
                 with contextlib.suppress(OSError):
                     (tmp_path / path.name).write_bytes(path.read_bytes())
         with contextlib.suppress(OSError):
-            (tmp_path / "postgres.log").write_bytes(own_postgres.log_path.read_bytes())
+            (tmp_path / "postgres.log").write_bytes(own_postgres.log.read_bytes())
 
         failures = []
         if verified.returncode != 0 or not verified.stdout.startswith("ok"):
