@@ -311,12 +311,6 @@ def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, t
                "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", "RATELIMIT_REGISTER": "1000 per hour",
                "RATELIMIT_API_FREE": "1000000"}
         server = stack.enter_context(Gunicorn(database_url, redis_url, env, workers=2))
-        worker = stack.enter_context(Worker(database_url, redis_url, extra_env=env, name="chaos-worker",
-                                            restart=True))
-
-        def logs() -> str:
-            return f"{server.logs(40)}\n{worker.logs(30)}\n{redis_server.logs(10)}\n{own_postgres.logs(20)}"
-
         client = Client(server.port)
         shoppers = []
         for index in range(USERS):
@@ -324,7 +318,21 @@ def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, t
             created = server.call("POST", "/api/v1/webhooks/endpoints",
                                   {"url": receiver.url(f"/hooks/{index}"), "events": EVENTS}, user["headers"])
             assert created.status == 201, server.describe(repr(created))
-            shoppers.append(Shopper(index, {**user, "secret": created.json()["secret"]}, client))
+            shopper = Shopper(index, {**user, "secret": created.json()["secret"]}, client)
+            # An active token each before the worker starts: the hourly "expires soon" job, which the worker's
+            # scheduler enqueues at once, has them to remind of, and runs again once Redis comes back empty.
+            shopper.top_up()
+            token = shopper.buy()
+            assert token is not None, server.describe("the warm-up purchase failed")
+            shopper.proxy(token)
+            assert shopper.proxied, server.describe("the warm-up token was not admitted by the proxy")
+            shoppers.append(shopper)
+        worker = stack.enter_context(Worker(database_url, redis_url, extra_env=env, name="chaos-worker",
+                                            restart=True))
+
+        def logs() -> str:
+            return f"{server.logs(40)}\n{worker.logs(30)}\n{redis_server.logs(10)}\n{own_postgres.logs(20)}"
+
         # The set-up works before anything breaks: a test ping reaches the receiver, signed.
         first = shoppers[0]
         endpoint_id = server.call("GET", "/api/v1/webhooks/endpoints", headers=first.headers).json()["items"][0]["id"]
