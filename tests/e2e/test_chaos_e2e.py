@@ -53,7 +53,11 @@ from zenzefi_backend.config import normalise_database_url
 
 pytestmark = [pytest.mark.e2e, real_services]
 
-USERS = 8
+# The load is paced (about one purchase per second in all) so that one worker can deliver what it causes within
+# the bound on a busy 2-core machine: this test is about faults, bench/deliveries.py about throughput.
+USERS = 5
+PAUSE_SECONDS = 2.5  # each user's think time between rounds
+PROXY_CALLS = 3  # proxied requests per token and round
 LOAD_SECONDS = 55
 DRAIN_SECONDS = 75  # after the load: the retries (10 s, then 1 min) of deliveries failed while the receiver was down
 RECEIVER_DOWN_SECONDS = 20
@@ -64,7 +68,7 @@ RECEIVER_DOWN_AT, REDIS_CRASH_AT, POSTGRES_RESTART_AT, GUNICORN_KILL_AT, WORKER_
 RESOLVE_SECONDS = 20  # how long the client retries a money-moving request whose answer was lost
 TOP_UP = Decimal("20.00")
 DURATION_HOURS = 1
-EVENTS = ["token.purchased", "token.activated", "token.revoked", "balance.topped_up", "balance.low"]
+EVENTS = ["token.purchased", "token.revoked", "balance.topped_up"]  # the ones the client can check against its 2xx
 IN_PROGRESS = "still being processed"  # the 409 of an Idempotency-Key whose first request never finished
 
 
@@ -228,16 +232,17 @@ class Shopper:
         iteration = 0
         try:
             while not stop.is_set():
-                if iteration % 3 == 0:
+                if iteration % 4 == 0:
                     self.top_up()
                 token = self.buy()
-                if token is not None:
+                for _ in range(PROXY_CALLS if token is not None else 0):
                     self.proxy(token)
+                    stop.wait(0.2)
                 self.client.call("GET /currency/balance", "GET", "/api/v1/currency/balance", self.headers)
                 if token is not None and iteration % 2 == 1:
                     self.revoke(token)
                 iteration += 1
-                stop.wait(0.2)
+                stop.wait(PAUSE_SECONDS)
         except Exception as error:  # noqa: BLE001 — a flaw of the client must show, not hang the test
             self.errors.append(repr(error))
 
@@ -297,7 +302,7 @@ def message_id_of(mime) -> str:
     return mime["Message-ID"].strip("<>").split("@")[0].rsplit(".", 1)[-1]
 
 
-def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, tmp_path):
+def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink):
     began = time.monotonic()
     database_url = own_postgres.url
     engine = sa.create_engine(normalise_database_url(database_url), poolclass=sa.pool.NullPool)
@@ -504,6 +509,9 @@ def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, t
         email_attempts = sql(engine, "SELECT coalesce(sum(attempts), 0), count(*) FROM email_messages")[0]
         worker_log = worker.stderr_path.read_text(errors="replace")
         jobs_run = Counter(re.findall(r"Successfully completed ([\w.]+)\(", worker_log))
+        # Jobs completed per 10 s of wall clock (the worker's log times): how the worker kept up.
+        per_ten_seconds = Counter(stamp[:-1] + "0" for stamp in re.findall(
+            r"^\d{4}-\d\d-\d\d (\d\d:\d\d:\d\d),\d+ INFO rq\.worker: Successfully completed", worker_log, re.M))
 
         # --- e-mail ---------------------------------------------------------------------------------------
         mails = list(smtp_sink.messages)
@@ -549,6 +557,8 @@ def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, t
             "webhook attempts / deliveries": tuple(webhook_attempts),
             "e-mail attempts / e-mails": tuple(email_attempts),
             "jobs the worker completed, by function": dict(jobs_run.most_common()),
+            "jobs completed per 10 s (UTC)": " ".join(f"{stamp[:8]}:{count}" for stamp, count
+                                                      in sorted(per_ten_seconds.items())),
             "e-mails received / reminders": (len(mails), reminders),
             "e-mails twice": mail_twice[:20],
             "left after the drain": {**left, "events never received": len(left["events never received"])},
@@ -561,12 +571,6 @@ def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, t
         }
         report = json.dumps(figures, indent=2, default=str, ensure_ascii=False)
         print(f"\nchaos figures:\n{report}")
-        for process in (server, worker):  # kept by pytest (tmp_path) for a look after a failure
-            for path in (process.stdout_path, process.stderr_path):
-                with contextlib.suppress(OSError):
-                    (tmp_path / path.name).write_bytes(path.read_bytes())
-        with contextlib.suppress(OSError):
-            (tmp_path / "postgres.log").write_bytes(own_postgres.log.read_bytes())
 
         failures = []
         if verified.returncode != 0 or not verified.stdout.startswith("ok"):
@@ -591,7 +595,14 @@ def test_money_deliveries_and_mail_hold_through_chaos(own_postgres, smtp_sink, t
             failures.append("the RQ worker exited on its own (or is down)")
         if client_errors:
             failures.append("the client itself failed")
-        assert not failures, f"{'; '.join(failures)}\n{report}\nlogs in {tmp_path}\n{logs()}"
+        if failures:  # the whole logs, kept for a look (pytest's tmp_path is rotated away by later runs)
+            kept = Path(tempfile.mkdtemp(prefix="zenzefi-chaos-logs-"))
+            for path in (server.stdout_path, server.stderr_path, worker.stdout_path, worker.stderr_path,
+                         own_postgres.log):
+                with contextlib.suppress(OSError):
+                    (kept / path.name).write_bytes(path.read_bytes())
+            (kept / "figures.json").write_text(report)
+            pytest.fail(f"{'; '.join(failures)}\n{report}\nwhole logs in {kept}\n{logs()}")
     finally:
         receiver.stop()
         stack.close()
