@@ -53,8 +53,8 @@ from zenzefi_backend.config import normalise_database_url
 
 pytestmark = [pytest.mark.e2e, real_services]
 
-# The load is paced (about one purchase per second in all) so that one worker can deliver what it causes within
-# the bound on a busy 2-core machine: this test is about faults, bench/deliveries.py about throughput.
+# The load is paced (about 1.5 purchases per second in all) so that one worker can deliver what it causes within
+# the bound on a busy 2-core machine: this test is about faults; throughput is the delivery benchmark's business.
 USERS = 5
 PAUSE_SECONDS = 2.5  # each user's think time between rounds
 PROXY_CALLS = 3  # proxied requests per token and round
