@@ -3,6 +3,8 @@
     python -m worker                  worker + periodic scheduler (only one scheduler enqueues at a time)
     python -m worker --no-scheduler   worker only (scale these out)
     python -m worker --scheduler-only the periodic scheduler alone
+
+Redis may be down when it starts or go away while it runs: it waits and reconnects (worker/reconnect.py).
 """
 from __future__ import annotations
 
@@ -12,12 +14,12 @@ import signal
 import sys
 import threading
 
-from rq import Worker
-
 from zenzefi_backend import create_app
 from zenzefi_backend.extensions import get_redis
 from zenzefi_backend.jobs.queues import QUEUE_NAMES
 from zenzefi_backend.jobs.schedule import PeriodicScheduler
+
+from .reconnect import ReconnectingWorker, run_worker
 
 log = logging.getLogger("worker")
 
@@ -50,13 +52,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.no_scheduler:
             threading.Thread(target=scheduler.run, name="periodic-scheduler", daemon=True).start()
-        worker = Worker(args.queues, connection=connection)
         try:
-            worker.work(with_scheduler=True, burst=args.burst, logging_level=app.config["LOG_LEVEL"])
+            return run_worker(lambda: ReconnectingWorker(args.queues, connection=connection), connection,
+                              burst=args.burst, logging_level=app.config["LOG_LEVEL"])
         finally:
             scheduler.stopped.set()
             scheduler.release()
-    return 0
 
 
 if __name__ == "__main__":

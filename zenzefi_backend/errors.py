@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, jsonify
+import sqlalchemy as sa
+from flask import Flask, Response, jsonify
 from flask_smorest import Api
 from flask_smorest.error_handler import ErrorSchema as SmorestErrorSchema
 from marshmallow import fields
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,61 @@ class ServiceUnavailable(ZenzefiError):
     message = "A dependency is unavailable; try again shortly."
 
 
+class DatabaseUnavailable(TryAgainLater):
+    """The database cannot be reached (down, restarting, every pooled connection busy): 503 with `Retry-After`,
+    never a 500. Nothing half-done stays behind: the request's transaction never committed."""
+
+    code = 503
+    message = "The database is unavailable; try again shortly."
+
+    def __init__(self, retry_after_seconds: float = 0):
+        super().__init__(retry_after_seconds or DATABASE_RETRY_AFTER_SECONDS)
+
+
+# About how long PostgreSQL takes to restart or fail over; the pool reconnects by itself (pre-ping) after that.
+DATABASE_RETRY_AFTER_SECONDS = 5
+# SQLSTATE classes that mean "cannot reach the server now": 08 connection exception, 53 insufficient resources
+# (too many connections), 57 operator intervention (shutdown, starting up, crash recovery, a cancelled query).
+_UNREACHABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be reached now, rather than that our code or data is wrong."""
+    if isinstance(error, InternalServerError) and error.original_exception is not None:
+        error = error.original_exception  # raised where Flask wraps it (an after-request hook)
+    if isinstance(error, sa.exc.TimeoutError):
+        return True  # no pooled connection came free within pool_timeout
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    driver_error = error.orig
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    if sqlstate:
+        return sqlstate[:2] in _UNREACHABLE_SQLSTATE_CLASSES
+    if type(driver_error).__module__.startswith("psycopg"):
+        # No SQLSTATE: psycopg's own verdict — the connection could not be made, or broke, or timed out.
+        return isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError))
+    # SQLite (the embedded default): another connection holds the lock longer than the busy timeout.
+    return str(getattr(driver_error, "sqlite_errorname", "")).startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+def unexpected_error_response(error: BaseException) -> Response:
+    """What any error no handler expected becomes: 503 while the database is unreachable, otherwise a 500 (a bug)
+    logged with its traceback. The Flask handler below and the proxy's WSGI fast path both answer with this."""
+    if database_unreachable(error):
+        original = getattr(error, "original_exception", None) or error
+        driver_error = getattr(original, "orig", None)
+        # The type and SQLSTATE only: the driver's message may quote the statement and its parameters.
+        log.warning("database unreachable; answering 503", extra={
+            "error_type": type(driver_error or original).__name__,
+            "sqlstate": getattr(driver_error, "sqlstate", None)})
+        unavailable = DatabaseUnavailable()
+        return error_response(unavailable.code, unavailable.message, unavailable.headers, **unavailable.extra)
+    log.exception("unhandled error", extra={"error_type": type(error).__name__}, exc_info=error)
+    return error_response(500, "Internal server error.")
+
+
 def _flatten_locations(messages: Mapping[str, Any]) -> dict[str, Any]:
     """webargs keys errors by location (`json`, `query`); clients want `{field: [messages]}`."""
     flat: dict[str, Any] = {}
@@ -160,5 +216,4 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):
-        log.exception("unhandled error", extra={"error_type": type(error).__name__})
-        return error_response(500, "Internal server error.")
+        return unexpected_error_response(error)

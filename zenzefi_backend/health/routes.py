@@ -7,7 +7,7 @@ from flask.views import MethodView
 
 from ..accounts.auth import superuser_required
 from ..clock import now
-from ..errors import error_response
+from ..errors import DATABASE_RETRY_AFTER_SECONDS, error_response
 from ..extensions import get_redis, limiter
 from ..jobs.queues import queue_stats
 from ..openapi import BEARER, PUBLIC, Blueprint, errors
@@ -61,7 +61,9 @@ class Ready(MethodView):
         checks = {name: probe.status(READY_WAIT_SECONDS) for name, probe in probes.items()}
         down = sorted(name for name, state in checks.items() if state == "down")
         if down:
-            return error_response(503, f"Not ready: {', '.join(down)} unreachable.", checks=checks)
+            return error_response(503, f"Not ready: {', '.join(down)} unreachable.",
+                                  {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}, checks=checks,
+                                  retry_after=DATABASE_RETRY_AFTER_SECONDS)
         return {"status": "ready", "checks": checks}
 
 

@@ -143,13 +143,19 @@ class PeriodicScheduler:
 
     def run(self) -> None:
         log.info("periodic scheduler started", extra={"jobs": [p.name for p in self.schedule]})
+        unreachable = False
         while not self.stopped.is_set():
             try:
                 enqueued = self.tick()
+                if unreachable:
+                    log.warning("scheduler reaches Redis again")
+                    unreachable = False
                 if enqueued:
                     log.info("enqueued periodic jobs", extra={"jobs": enqueued})
-            except RedisError:
-                log.warning("scheduler cannot reach Redis; retrying", exc_info=True)
+            except RedisError as exc:
+                if not unreachable:  # once per outage, not once a second
+                    log.warning("scheduler cannot reach Redis (%s); retrying every second", type(exc).__name__)
+                unreachable = True
             self.stopped.wait(TICK_SECONDS)
         self.release()
 

@@ -12,14 +12,13 @@ forward, and any request with an `Origin` header, whose CORS headers flask-cors 
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from ..errors import ZenzefiError, error_response
+from ..errors import ZenzefiError, error_response, unexpected_error_response
 from ..extensions import api
 from ..metrics import proxy_requests
 from .passage import forward_request
@@ -28,8 +27,6 @@ from .runtime import runtime_of
 
 FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 STATUS_PATH = PROXY_PREFIX + "/status"
-
-log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable], Iterable[bytes]]
 
@@ -84,5 +81,4 @@ class ProxyFastPath:
                 response.status_code = code
                 response.headers.update(headers)
                 return response
-            log.exception("unhandled error", extra={"error_type": type(error).__name__})
-            return error_response(500, "Internal server error.")
+            return unexpected_error_response(error)
