@@ -93,7 +93,7 @@ def test_smtp_down_retries_with_backoff_then_gives_up(app_ctx, smtp_down):
     for attempt, delay in enumerate(RETRY_DELAYS, start=1):
         with clock.travel(elapsed):
             assert send_email(email_id).startswith("failed; retry in")
-            assert send_email(email_id) == "not due, already sent, or claimed by another worker"
+            assert send_email(email_id) == "nothing to do: not due yet, or another worker is attempting it"
         row = db.session.get(EmailMessage, email_id)
         db.session.refresh(row)
         assert (row.status, row.attempts) == ("pending", attempt)

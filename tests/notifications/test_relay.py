@@ -13,10 +13,10 @@ from tests.notifications.mailbox import send_queued_emails
 from tests.support import POSTGRES_ONLY_REASON, dead_redis
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db, get_redis, redis_connection
-from zenzefi_backend.jobs.notifications import delivery_log_retention, relay_outbox_job
+from zenzefi_backend.jobs.notifications import delivery_log_retention, relay_new_events_job, relay_outbox_job
 from zenzefi_backend.jobs.schedule import Periodic
 from zenzefi_backend.notifications.models import EmailMessage, OutboxEvent, WebhookDelivery
-from zenzefi_backend.notifications.outbox import NUDGE_KEY, emit
+from zenzefi_backend.notifications.outbox import NUDGE_EXPIRES_SECONDS, NUDGE_KEY, emit
 from zenzefi_backend.notifications.relay import relay_events
 from zenzefi_backend.notifications.webhooks import deliver
 
@@ -130,7 +130,7 @@ def test_an_event_that_cannot_be_relayed_does_not_hold_up_the_others(app_ctx, cl
     db.session.commit()
     accounts.fund(user["id"], "1")
     buy(client, user)
-    assert relay_events() == 1
+    assert relay_events().events == 1
     db.session.refresh(broken)
     assert (broken.dispatched_at, broken.attempts) == (None, 1)
     assert rows(OutboxEvent, OutboxEvent.dispatched_at.is_(None)) == [broken]
@@ -173,18 +173,36 @@ def test_retention_forgets_old_finished_rows_only(app_ctx, client, accounts, use
     assert rows(OutboxEvent) == [waiting]
 
 
-def test_a_commit_with_events_nudges_one_relay_run(app, app_ctx, backends, client, accounts, user):
+def test_commits_with_events_keep_one_relay_run_queued_and_none_is_skipped(app, app_ctx, client, accounts, user):
     if app.config["EMBEDDED"]:
         pytest.skip("no worker to nudge on the embedded default (its in-process relay is nudged instead: "
                     "test_the_embedded_default_relays_right_after_the_commit)")
-    accounts.fund(user["id"], "5")
-    get_redis().delete(NUDGE_KEY)
+    accounts.fund(user["id"], "6")
     default = Queue("default", connection=get_redis())
-    before = default.count
+
+    def queued_runs() -> list[str]:
+        return [job.func_name for job in default.get_jobs()]
+
     buy(client, user)
-    buy(client, user)  # within the debounce window: no second job
-    jobs = default.get_jobs()[before:]
-    assert [job.func_name for job in jobs] == ["zenzefi_backend.jobs.notifications.relay_outbox_job"]
+    buy(client, user)  # a run is queued already, and it has not read the outbox yet: it will see this one too
+    assert queued_runs() == ["zenzefi_backend.jobs.notifications.relay_new_events_job"]
+    [job] = default.get_jobs()
+    default.remove(job)
+    assert relay_new_events_job() == {"events": 2, "deliveries": 0, "emails": 0}  # what the worker runs
+    buy(client, user)  # after that run read the outbox: a run of its own, at once
+    assert queued_runs() == ["zenzefi_backend.jobs.notifications.relay_new_events_job"]
+
+    [job] = default.get_jobs()
+    default.remove(job)
+    relay_new_events_job()
+    buy(client, user)
+    default.empty()  # the queued run is lost (a worker killed with it), its flag stays: later commits wait …
+    buy(client, user)
+    assert queued_runs() == []
+    assert 0 < get_redis().ttl(NUDGE_KEY) <= NUDGE_EXPIRES_SECONDS
+    get_redis().delete(NUDGE_KEY)  # … as if it had expired
+    buy(client, user)
+    assert queued_runs() == ["zenzefi_backend.jobs.notifications.relay_new_events_job"]
 
 
 def test_the_relay_runs_inline_in_the_embedded_scheduler(app_ctx, client, accounts, user):
@@ -209,7 +227,7 @@ def test_relays_running_at_once_relay_each_event_once(app, backends, client, acc
         for _ in range(4):
             assert client.post(MOCK_PURCHASE, headers=user["headers"], json={"amount": "2"}).status_code in (200, 201)
             buy(client, user)
-    results = race_in_app_contexts(app, relay_events, threads=4)
+    results = race_in_app_contexts(app, lambda: relay_events().events, threads=4)
     assert sum(results) == 3 * 4 * 2
     with app.app_context():
         assert len(rows(WebhookDelivery)) == 3 * 4 * 2
@@ -218,7 +236,7 @@ def test_relays_running_at_once_relay_each_event_once(app, backends, client, acc
 
 def test_a_commit_with_events_asks_the_embedded_relay_once(app, app_ctx, client, accounts, user):
     if not app.config["EMBEDDED"]:
-        pytest.skip("a worker's job is nudged instead (test_a_commit_with_events_nudges_one_relay_run)")
+        pytest.skip("a worker's job is nudged instead (test_commits_with_events_keep_one_relay_run_queued_…)")
     from zenzefi_backend.notifications.outbox import relay_wanted
 
     accounts.fund(user["id"], "5")

@@ -11,8 +11,10 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+import standardwebhooks.webhooks
 from prometheus_client import REGISTRY
 from rq import Queue, SimpleWorker
+from standardwebhooks import WebhookVerificationError
 
 from tests.admin.helpers import audit_rows
 from tests.support import POSTGRES_ONLY_REASON, dead_redis
@@ -101,13 +103,25 @@ def test_a_delivery_is_signed_as_standard_webhooks_says(app_ctx, client, user, r
     assert row.completed_at is not None and row.last_attempt_at is not None
 
 
-def test_the_signature_matches_the_published_standard_webhooks_vector():
+def test_the_signature_matches_the_published_standard_webhooks_vector(monkeypatch):
     secret, message_id, timestamp, body = ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek",
                                            1614265330, b'{"test": 2432232314}')
     assert sign(secret, message_id, timestamp, body) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-    verify_signature(secret, Received("POST", "/", {  # the tests' own verifier agrees with the reference
-        "webhook-id": message_id, "webhook-timestamp": str(timestamp),
-        "webhook-signature": "v1,bm9wZQ== v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}, body))
+
+    class AtTheVectorsTime(datetime):  # the library's clock, at the moment the vector was signed
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.fromtimestamp(timestamp, tz)
+
+    monkeypatch.setattr(standardwebhooks.webhooks, "datetime", AtTheVectorsTime)
+    headers = {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
+               "webhook-signature": "v1,bm9wZQ== v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}
+    # The verifier the tests (and receivers) use agrees with the reference, and refuses a changed body or id.
+    assert verify_signature(secret, Received("POST", "/", headers, body)) == {"test": 2432232314}
+    with pytest.raises(WebhookVerificationError):
+        verify_signature(secret, Received("POST", "/", headers, b'{"test": 2432232315}'))
+    with pytest.raises(WebhookVerificationError):
+        verify_signature(secret, Received("POST", "/", {**headers, "webhook-id": "msg_other"}, body))
 
 
 def test_retries_keep_the_webhook_id_with_a_fresh_timestamp_and_signature(app_ctx, client, user, receiver,

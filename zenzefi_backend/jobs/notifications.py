@@ -8,14 +8,19 @@ from flask import current_app
 from ..clock import now
 from ..notifications.email import purge_sent_emails
 from ..notifications.outbox import purge_dispatched_events
-from ..notifications.relay import relay_outbox
+from ..notifications.relay import relay_new_events, relay_outbox
 from ..notifications.reminders import remind_expiring_tokens
 from ..notifications.webhooks import purge_delivery_log
 
 
 def relay_outbox_job() -> dict[str, int]:
-    """Events → webhook deliveries and e-mails, then every due delivery and e-mail handed to the workers."""
+    """Every 60 s: events → webhook deliveries and e-mails, then every due attempt handed to the workers."""
     return relay_outbox()
+
+
+def relay_new_events_job() -> dict[str, int]:
+    """Asked for by a commit that wrote events (outbox.nudge_relay): the new events → deliveries and e-mails."""
+    return relay_new_events()
 
 
 def expiring_token_emails_job() -> dict[str, int]:

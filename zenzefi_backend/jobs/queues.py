@@ -1,17 +1,40 @@
 """Queue names and the numbers operators look at (depth, failed, scheduled, workers)."""
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
-from redis.exceptions import RedisError
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker, Worker
 
-from ..extensions import get_queue, get_redis
+from ..extensions import db, get_redis
 
-QUEUE_NAMES = ("default", "emails", "webhooks")
+QUEUE_NAMES = ("webhooks", "emails", "default")
+DELIVERY_QUEUES = ("webhooks", "emails")
+
+
+class InProcessWorker(SimpleWorker):
+    """`python -m worker`'s RQ worker: each job runs in this process, not in a fork of it. A delivery attempt is a few
+    milliseconds of database work and one HTTP request; a fork and a fresh database connection per job cost more
+    than that, and would cap one worker at a few deliveries a second. The job timeout still holds (SIGALRM), and
+    the session is cleared after every job, so nothing one job left behind reaches the next.
+
+    Queues: the delivery queues take turns (a backlog of e-mails never holds up webhooks, nor the other way round)
+    and come before "default", whose relay runs make the deliveries: a relay run waits until the deliveries it
+    made earlier are out, so under load one run fans out many events instead of every other job being a run of
+    its own (which would halve the deliveries a worker makes). Periodic jobs wait at most for that backlog."""
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        deliveries = [queue for queue in self._ordered_queues if queue.name in DELIVERY_QUEUES]
+        others = [queue for queue in self._ordered_queues if queue.name not in DELIVERY_QUEUES]
+        if reference_queue in deliveries:  # the one just served goes behind the other
+            deliveries.remove(reference_queue)
+            deliveries.append(reference_queue)
+        self._ordered_queues = deliveries + others
+
+    def execute_job(self, job, queue):
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            db.session.remove()
 
 
 def queue_stats() -> tuple[list[dict[str, Any]], int, str | None]:
@@ -30,22 +53,3 @@ def queue_stats() -> tuple[list[dict[str, Any]], int, str | None]:
         return queues, Worker.count(connection=connection), None
     except Exception as exc:
         return [], 0, f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
-def enqueue_attempt(queue_name: str, func: Callable[..., Any], *args: Any, delay_seconds: float = 0,
-                    job_timeout: float) -> bool:
-    """Hand one delivery attempt (an e-mail, a webhook) to a worker, now or after `delay_seconds`.
-
-    The database row is what must not be lost; this is only the nudge. False when Redis is down (the relay
-    re-enqueues every due row each minute). In the embedded default a delayed attempt is not queued — nothing
-    would run it — and waits for the relay instead; an immediate one runs inline, right here."""
-    queue = get_queue(queue_name)
-    try:
-        if delay_seconds <= 0:
-            queue.enqueue(func, *args, job_timeout=job_timeout)
-        elif queue.is_async:
-            # RQ keeps the time to the whole second, rounded down: a second late, never before the row is due.
-            queue.enqueue_in(timedelta(seconds=math.ceil(delay_seconds) + 1), func, *args, job_timeout=job_timeout)
-    except RedisError:
-        return False
-    return True

@@ -1,8 +1,8 @@
 """E-mail: queued as rows in the caller's transaction, sent by RQ jobs over SMTP (or as `.eml` files).
 
-A row is the promise to send; Redis only carries the nudge. An e-mail is claimed with a conditional UPDATE
-(a lease), sent with no DB transaction open, then marked sent — at least once: a worker that dies between
-the SMTP answer and the commit sends it again after the lease.
+Claimed, retried, enqueued and purged by the delivery mechanism it shares with webhooks (delivery.py): sent with
+no DB transaction open, then marked sent — at least once: a worker that dies between the SMTP answer and the
+commit sends it again after the lease.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from ..clock import now
-from ..database import db, purge_in_batches
-from ..jobs.queues import enqueue_attempt
+from ..database import db
 from ..metrics import count, emails_sent
 from ..sealing import seal, unseal
+from . import delivery
 from .models import EmailMessage
 from .templates import TEMPLATES
 
@@ -35,6 +35,11 @@ SMTP_TIMEOUT_SECONDS = 30
 LEASE = timedelta(seconds=2 * SMTP_TIMEOUT_SECONDS + 30)
 RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=2),
                 timedelta(hours=6))
+CHANNEL = delivery.Channel(
+    name="email", model=EmailMessage, queue="emails", job="zenzefi_backend.jobs.emails.send_email_job",
+    lease=LEASE, job_timeout_seconds=LEASE.total_seconds(), retry_delays=RETRY_DELAYS,
+    finished_states=("sent", "failed"), purge_age_column="created_at", missing="no such e-mail (it was purged)",
+)
 
 
 class PermanentFailure(Exception):
@@ -71,34 +76,13 @@ def queue_email(kind: str, to_address: str, context: dict[str, Any], *, user_id:
     return message
 
 
-def enqueue_email(email_id: uuid.UUID, delay: timedelta | None = None) -> None:
-    """Hand the e-mail to a worker, after the commit that made the row exist (see `enqueue_attempt`)."""
-    from ..jobs.emails import send_email_job
-
-    if not enqueue_attempt("emails", send_email_job, str(email_id),
-                           delay_seconds=delay.total_seconds() if delay else 0, job_timeout=LEASE.total_seconds()):
-        log.warning("cannot enqueue an e-mail; the relay will pick it up", extra={"email_id": str(email_id)})
+def enqueue_email(email_id: uuid.UUID, delay: timedelta | None = None, *, attempt: int = 1) -> None:
+    """Hand attempt `attempt` (the first, for a new e-mail) to a worker, after the commit that made the row exist."""
+    delivery.enqueue(CHANNEL, email_id, attempt, delay.total_seconds() if delay else 0)
 
 
 def due_emails(moment: datetime, limit: int = 500) -> list[uuid.UUID]:
-    return list(db.session.scalars(
-        sa.select(EmailMessage.id)
-        .where(EmailMessage.status == "pending", EmailMessage.next_attempt_at <= moment)
-        .order_by(EmailMessage.next_attempt_at).limit(limit)
-    ))
-
-
-def _claim(email_id: uuid.UUID) -> EmailMessage | None:
-    moment = now()
-    claimed = db.session.execute(
-        sa.update(EmailMessage)
-        .where(EmailMessage.id == email_id, EmailMessage.status == "pending",
-               EmailMessage.next_attempt_at <= moment)
-        .values(attempts=EmailMessage.attempts + 1, next_attempt_at=moment + LEASE)
-        .returning(EmailMessage.id)
-    ).scalar()
-    db.session.commit()
-    return db.session.get(EmailMessage, email_id) if claimed else None
+    return [email_id for email_id, _ in delivery.due(CHANNEL, moment, limit)]
 
 
 def _mime(message: EmailMessage) -> MimeMessage:
@@ -141,9 +125,12 @@ def _deliver(mime: MimeMessage) -> None:
 
 def send_email(email_id: uuid.UUID) -> str:
     """One attempt to send one e-mail. Safe to call twice at once: only one caller claims it."""
-    message = _claim(email_id)
+    if delivery.claim(CHANNEL, email_id) is None:
+        return delivery.why_not_claimed(CHANNEL, email_id, on_abandon=_abandon)
+    message = db.session.get(EmailMessage, email_id, populate_existing=True)
     if message is None:
-        return "not due, already sent, or claimed by another worker"
+        db.session.rollback()
+        return f"nothing to do: {CHANNEL.missing}"
     try:
         _deliver(_mime(message))
     except PermanentFailure as exc:
@@ -161,7 +148,8 @@ def send_email(email_id: uuid.UUID) -> str:
 
 def _failed(message: EmailMessage, error: str, *, retry: bool) -> str:
     message.last_error = error[:255]
-    delay = RETRY_DELAYS[message.attempts - 1] if retry and message.attempts <= len(RETRY_DELAYS) else None
+    attempt = message.attempts
+    delay = delivery.retry_delay(CHANNEL, attempt) if retry else None
     if delay is None:
         message.status = "failed"
         message.body_sealed = None
@@ -171,12 +159,19 @@ def _failed(message: EmailMessage, error: str, *, retry: bool) -> str:
     db.session.commit()
     log.warning("e-mail not sent", extra={"email_id": str(email_id), "error": error[:255], "retry": bool(delay)})
     if delay is not None:
-        enqueue_email(email_id, delay)
+        enqueue_email(email_id, delay, attempt=attempt + 1)
         return f"failed; retry in {int(delay.total_seconds())} s"
     return "failed for good"
 
 
+def _abandon(email_id: uuid.UUID) -> str:
+    if not delivery.abandon(CHANNEL, email_id, body_sealed=None):
+        db.session.rollback()
+        return "nothing to do: claimed by another worker"
+    db.session.commit()
+    return "failed: the last attempt never reported an answer"
+
+
 def purge_sent_emails(older_than: datetime) -> int:
     """Forget finished e-mails created before `older_than`."""
-    return purge_in_batches(EmailMessage, EmailMessage.status.in_(("sent", "failed")),
-                            EmailMessage.created_at < older_than)
+    return delivery.purge(CHANNEL, older_than)

@@ -1,15 +1,18 @@
-"""The outbox relay (SPEC §4, every 60 s): turns business events into webhook deliveries and e-mails.
+"""The outbox relay: turns business events into webhook deliveries and e-mails, and hands them to the workers.
 
 Each event is relayed once: on PostgreSQL `FOR UPDATE SKIP LOCKED` hands it to one relay, and everywhere
 the deliveries and e-mails it causes are deduplicated by (endpoint, message id) and by the e-mail's dedupe
-key, in the same transaction that marks it dispatched. Then every due delivery and e-mail is (re-)enqueued,
-which is what makes a Redis or worker outage harmless: the rows wait in the database until a worker runs.
+key, in the same transaction that marks it dispatched; the rows it made are enqueued right after that commit.
+A commit that wrote events asks for a run at once (outbox.nudge_relay); the run every 60 s (SPEC §4) also sweeps:
+it enqueues every due attempt, which is what makes a Redis or worker outage harmless — the rows wait in the
+database until a worker runs — and each attempt is enqueued once however often it is asked for (delivery.py).
 """
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -19,9 +22,11 @@ from ..clock import now
 from ..database import db
 from ..ledger.services import LOW_BALANCE_THRESHOLD
 from ..money import format_amount
-from . import webhooks
-from .email import due_emails, enqueue_email, queue_email
+from . import delivery, webhooks
+from .email import CHANNEL as EMAIL_CHANNEL
+from .email import enqueue_email, queue_email
 from .models import OutboxEvent
+from .outbox import take_nudge
 
 log = logging.getLogger(__name__)
 
@@ -93,44 +98,80 @@ def _pending_events(skip: set[uuid.UUID]) -> sa.Select:
     return statement.where(OutboxEvent.id.not_in(skip)) if skip else statement
 
 
-def relay_events() -> int:
-    """Fan every undispatched event out to webhook deliveries and e-mails; the number relayed.
+@dataclass
+class Relayed:
+    """What a relay run did: events relayed, and the deliveries and e-mails they made (enqueued already)."""
 
-    An event that cannot be relayed (a bug, bad data) is logged, counted in `attempts` and left for the next
-    run, without holding up the others."""
-    relayed = 0
+    events: int = 0
+    deliveries: list[uuid.UUID] = field(default_factory=list)
+    emails: list[uuid.UUID] = field(default_factory=list)
+
+
+def _relay(events: list[OutboxEvent]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Fan these events out and mark them dispatched, in the caller's transaction; (deliveries, e-mails) made."""
+    endpoints = webhooks.active_endpoints({event.user_id for event in events if event.user_id is not None})
+    deliveries: list[uuid.UUID] = []
+    emails: list[uuid.UUID] = []
+    for event in events:
+        deliveries += webhooks.add_deliveries(event, endpoints.get(event.user_id, []))
+        email_id = _email_for(event)
+        if email_id is not None:
+            emails.append(email_id)
+        event.dispatched_at = now()
+    return deliveries, emails
+
+
+def relay_events() -> Relayed:
+    """Fan every undispatched event out to webhook deliveries and e-mails, and enqueue their first attempts.
+
+    A batch is relayed in one savepoint; if that fails, one event at a time: an event that cannot be relayed (a bug,
+    bad data) is logged, counted in `attempts` and left for the next run, without holding up the others."""
+    relayed = Relayed()
     broken: set[uuid.UUID] = set()
     while True:
         events = db.session.scalars(_pending_events(broken)).all()
+        try:
+            with db.session.begin_nested():
+                deliveries, emails = _relay(events)
+        except Exception:
+            deliveries, emails = [], []
+            for event in events:
+                try:
+                    with db.session.begin_nested():
+                        made, mailed = _relay([event])
+                    deliveries += made
+                    emails += mailed
+                except Exception:
+                    log.exception("cannot relay an outbox event", extra={"event_id": str(event.id)})
+                    broken.add(event.id)
         for event in events:
-            try:
-                with db.session.begin_nested():
-                    webhooks.fan_out(event)
-                    _email_for(event)
-                    event.dispatched_at = now()
-            except Exception:
-                log.exception("cannot relay an outbox event", extra={"event_id": str(event.id)})
-                broken.add(event.id)
             event.attempts += 1
         db.session.commit()
-        relayed += sum(1 for event in events if event.id not in broken)
+        for delivery_id in deliveries:
+            webhooks.enqueue_delivery(delivery_id)
+        for email_id in emails:
+            enqueue_email(email_id)
+        relayed.events += sum(1 for event in events if event.id not in broken)
+        relayed.deliveries += deliveries
+        relayed.emails += emails
         if len(events) < BATCH_SIZE:
             return relayed
 
 
 def enqueue_due(moment: datetime | None = None) -> dict[str, int]:
-    """Hand every due e-mail and delivery to the workers (again). Duplicates are harmless: each attempt is
-    claimed with a conditional UPDATE, so a second job for the same row finds nothing to do."""
+    """The sweep: hand every due e-mail and delivery attempt to the workers, each attempt once (delivery.py)."""
     moment = moment or now()
-    emails = due_emails(moment)
-    deliveries = webhooks.due_deliveries(moment)
-    db.session.rollback()  # no transaction held while enqueueing (inline jobs run right here)
-    for email_id in emails:
-        enqueue_email(email_id)
-    for delivery_id in deliveries:
-        webhooks.enqueue_delivery(delivery_id)
-    return {"emails": len(emails), "deliveries": len(deliveries)}
+    return {"emails": delivery.enqueue_due(EMAIL_CHANNEL, moment),
+            "deliveries": delivery.enqueue_due(webhooks.CHANNEL, moment)}
+
+
+def relay_new_events() -> dict[str, int]:
+    """The run a commit asked for: the new events only."""
+    take_nudge()  # before reading: a commit from now on asks for (and gets) a run of its own
+    relayed = relay_events()
+    return {"events": relayed.events, "deliveries": len(relayed.deliveries), "emails": len(relayed.emails)}
 
 
 def relay_outbox() -> dict[str, int]:
-    return {"events": relay_events(), **enqueue_due()}
+    """The run every 60 s: the new events (a queued asked-for run still runs), then the sweep."""
+    return {"events": relay_events().events, **enqueue_due()}

@@ -7,7 +7,8 @@ from flask_jwt_extended import current_user, jwt_required
 
 from ..openapi import BEARER, Blueprint, errors
 from ..pagination import PageQuerySchema, page_schema
-from . import webhooks as services
+from . import endpoints as services
+from . import webhooks as delivery
 from .schemas import (
     WebhookDeliverySchema,
     WebhookEndpointCreatedSchema,
@@ -22,17 +23,17 @@ blp = Blueprint(
     description=f"""Outgoing webhooks: your endpoints receive the events they subscribe to, signed.
 
 **Delivery** ([Standard Webhooks](https://www.standardwebhooks.com/)): `POST` with the compact JSON body
-`{{id, type, created_at, data}}`, `Content-Type: application/json`, `User-Agent: {services.USER_AGENT}` and the
+`{{id, type, created_at, data}}`, `Content-Type: application/json`, `User-Agent: {delivery.USER_AGENT}` and the
 headers `webhook-id` (the same on every attempt of one message: deduplicate on it), `webhook-timestamp` (Unix
 seconds of this attempt) and `webhook-signature: v1,<base64 HMAC-SHA256(key, "<webhook-id>.<webhook-timestamp>.<raw
 body>")>`, where `key` is the base64-decoded part of your secret after `whsec_`. Check the signature against the raw
 body bytes and reject timestamps more than 5 minutes off.
 
-**Success** is any 2xx answer within {services.TIMEOUT_SECONDS:g} s. Redirects are never followed (a 3xx is a failure),
+**Success** is any 2xx answer within {delivery.TIMEOUT_SECONDS:g} s. Redirects are never followed (a 3xx is a failure),
 the answer's body is ignored. A failed attempt (non-2xx, timeout, connection or TLS error, an address the SSRF guard
-refuses) is retried after 10 s, 1 min, 5 min, 30 min, 2 h and 6 h — {services.MAX_ATTEMPTS} attempts in all — with
+refuses) is retried after 10 s, 1 min, 5 min, 30 min, 2 h and 6 h — {delivery.MAX_ATTEMPTS} attempts in all — with
 the same `webhook-id`; a delivery whose attempts all failed is a **failed delivery**. A `410 Gone` answer disables the
-endpoint at once; {services.FAILED_DELIVERIES_TO_DISABLE} failed deliveries in a row disable it too; any successful
+endpoint at once; {delivery.FAILED_DELIVERIES_TO_DISABLE} failed deliveries in a row disable it too; any successful
 delivery resets the count. While an endpoint is disabled its pending deliveries are not sent (they end `failed`,
 `last_error: endpoint disabled`) and no new ones are created; `PATCH {{"is_active": true}}` re-enables it.
 

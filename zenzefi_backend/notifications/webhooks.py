@@ -1,48 +1,37 @@
-"""Outgoing webhooks (SPEC §3.10): a user's endpoints, and the signed deliveries the outbox relay fans out.
+"""Outgoing webhook delivery (SPEC §3.10): the outbox relay's fan-out into deliveries, and each signed attempt.
 
-A delivery row is the promise to send; Redis only carries the nudge. An attempt claims its row with a
-conditional UPDATE (attempts + 1 and a lease), commits, sends with no DB transaction open, then records the
-answer — only if the row is still the one it claimed (same status and attempt number), so a late worker can
-never overwrite a newer attempt. At least once: a worker that dies mid-attempt leaves the row pending, and
-the relay hands it out again once the lease is over. Receivers deduplicate on `webhook-id`.
+A delivery is claimed, retried, enqueued and purged by the mechanism it shares with e-mails (delivery.py); an
+attempt sends with no DB transaction open, then records the answer — only if the row is still the one it claimed
+(same status and attempt number), so a late worker can never overwrite a newer attempt. At least once: a worker
+that dies mid-attempt leaves the row pending, and a sweep hands it out again once the lease is over. Receivers
+deduplicate on `webhook-id`. Signed by the official Standard Webhooks library.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import logging
-import secrets
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 import urllib3
 from flask import current_app
 from sqlalchemy.dialects import postgresql, sqlite
+from standardwebhooks import Webhook
 
 from .. import metrics
-from ..accounts.models import User
 from ..audit.services import record
 from ..clock import ensure_utc, now
-from ..database import db, purge_in_batches
-from ..errors import Conflict, NotFound, ValidationFailed
-from ..jobs.queues import enqueue_attempt
-from ..pagination import paginate
-from ..sealing import Unreadable, seal, unseal
-from . import ssrf
-from .models import TEST_EVENT, OutboxEvent, WebhookDelivery, WebhookEndpoint
+from ..database import db
+from ..sealing import Unreadable, unseal
+from . import delivery, ssrf
+from .models import OutboxEvent, WebhookDelivery, WebhookEndpoint
 
 log = logging.getLogger(__name__)
 
 SEAL_PURPOSE = "webhook secrets"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
-SECRET_BYTES = 32  # Standard Webhooks: 24–64 random bytes
-MAX_ENDPOINTS_PER_USER = 10
 USER_AGENT = "Zenzefi-Webhooks/1.0"
 TIMEOUT_SECONDS = 10.0
 # After attempt n fails, attempt n + 1 comes RETRY_DELAYS[n - 1] later; the delivery fails after the last.
@@ -54,69 +43,27 @@ FAILED_DELIVERIES_TO_DISABLE = 10
 # so no second worker takes over a row while the first one may still send.
 JOB_TIMEOUT_SECONDS = 30
 LEASE = timedelta(seconds=2 * JOB_TIMEOUT_SECONDS)
+CHANNEL = delivery.Channel(
+    name="webhook", model=WebhookDelivery, queue="webhooks", job="zenzefi_backend.jobs.webhooks.deliver_webhook_job",
+    lease=LEASE, job_timeout_seconds=JOB_TIMEOUT_SECONDS, retry_delays=RETRY_DELAYS,
+    finished_states=("succeeded", "failed"), purge_age_column="completed_at",
+    missing="no such delivery (its endpoint was deleted, or it was purged)",
+    claim_values=lambda moment: {"last_attempt_at": moment},
+)
 
 DISABLED_GONE = "gone"
 DISABLED_FAILING = "failing"
 DISABLED_MANUALLY = "manual"
-TEST_MESSAGE = "A test event from Zenzefi: your endpoint is reachable and you can check the signature."
-
-
-class WebhookEndpointNotFound(NotFound):
-    message = "Webhook endpoint not found."
-
-
-class TooManyEndpoints(Conflict):
-    message = f"At most {MAX_ENDPOINTS_PER_USER} webhook endpoints per user; delete one first."
-
-
-class EndpointDisabled(Conflict):
-    message = "The endpoint is disabled; set `is_active` to true first."
-
-
-@dataclass
-class CreatedEndpoint:
-    """A new endpoint together with its signing secret, which exists only in the create response."""
-
-    record: WebhookEndpoint
-    secret: str
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.record, name)
-
-
-def new_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
-    """`v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`, key = the base64-decoded part after `whsec_`."""
-    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
-    digest = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    """`v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`, key = the base64-decoded part after `whsec_`
+    (the library's own signing; the body is our compact ASCII JSON, so its text is its bytes)."""
+    return Webhook(secret).sign(message_id, datetime.fromtimestamp(timestamp, tz=UTC), body.decode())
 
 
-def _allow_private() -> bool:
+def allow_private_targets() -> bool:
     return bool(current_app.config["WEBHOOK_ALLOW_PRIVATE_TARGETS"])
-
-
-def _checked_url(url: str) -> str:
-    try:
-        ssrf.check_url(url, allow_private=_allow_private())
-    except ssrf.UnsafeTarget as exc:
-        raise ValidationFailed({"url": [str(exc)]}) from None
-    return url
-
-
-def _folded(events: list[str]) -> list[str]:
-    return list(dict.fromkeys(events))
-
-
-def _subscribe(endpoint: WebhookEndpoint, events: list[str], moment: datetime) -> None:
-    """Set the endpoint's event types; a type it already had keeps its subscription time, a new one starts now."""
-    kept = {event_type: since for event_type, since in (endpoint.subscribed_at or {}).items()
-            if event_type in (endpoint.events or [])}
-    endpoint.events = _folded(events)
-    endpoint.subscribed_at = {event_type: kept.get(event_type, moment.isoformat()) for event_type in endpoint.events}
 
 
 def _subscribed_when(event: OutboxEvent, events: list[str], subscribed_at: dict[str, str] | None,
@@ -128,134 +75,51 @@ def _subscribed_when(event: OutboxEvent, events: list[str], subscribed_at: dict[
     return event.created_at >= (datetime.fromisoformat(since) if since else created_at)
 
 
-def _audit_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
-    # Receivers sometimes put a token in the query string: the audit trail keeps the URL without it.
-    return {"url": urlsplit(endpoint.url)._replace(query="").geturl(), "events": list(endpoint.events),
-            "is_active": endpoint.is_active}
-
-
-def create_endpoint(user: User, url: str, events: list[str]) -> CreatedEndpoint:
-    url = _checked_url(url)  # DNS before any row lock
-    db.session.execute(sa.select(User.id).where(User.id == user.id).with_for_update())  # serialises the cap
-    owned = db.session.scalar(sa.select(sa.func.count()).select_from(WebhookEndpoint)
-                              .where(WebhookEndpoint.user_id == user.id))
-    if owned >= MAX_ENDPOINTS_PER_USER:
-        raise TooManyEndpoints()
-    secret = new_secret()
-    moment = now()
-    endpoint = WebhookEndpoint(id=uuid.uuid4(), user_id=user.id, url=url,
-                               secret_sealed=seal(SEAL_PURPOSE, secret.encode()), is_active=True,
-                               consecutive_failures=0, created_at=moment, updated_at=moment)
-    _subscribe(endpoint, events, moment)
-    db.session.add(endpoint)
-    record("webhook_endpoint.created", actor_id=user.id, resource_type="webhook_endpoint", resource_id=endpoint.id,
-           details=_audit_view(endpoint))
-    db.session.commit()
-    return CreatedEndpoint(endpoint, secret)
-
-
-def get_endpoint(user: User, endpoint_id: uuid.UUID) -> WebhookEndpoint:
-    endpoint = db.session.scalar(sa.select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
-                                                                  WebhookEndpoint.user_id == user.id))
-    if endpoint is None:
-        raise WebhookEndpointNotFound()
-    return endpoint
-
-
-def list_endpoints(user: User, limit: int, offset: int) -> dict[str, Any]:
-    statement = (sa.select(WebhookEndpoint).where(WebhookEndpoint.user_id == user.id)
-                 .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc()))
-    return paginate(statement, limit, offset)
-
-
-def update_endpoint(user: User, endpoint_id: uuid.UUID, changes: dict[str, Any]) -> WebhookEndpoint:
-    """`url`, `events`, `is_active`. A new URL or re-enabling starts the failure count afresh."""
-    endpoint = get_endpoint(user, endpoint_id)
-    before = _audit_view(endpoint)
-    if "url" in changes and changes["url"] != endpoint.url:
-        endpoint.url = _checked_url(changes["url"])
-        endpoint.consecutive_failures = 0
-    if "events" in changes:
-        _subscribe(endpoint, changes["events"], now())
-    if "is_active" in changes and changes["is_active"] != endpoint.is_active:
-        endpoint.is_active = changes["is_active"]
-        if endpoint.is_active:
-            endpoint.consecutive_failures = 0
-            endpoint.disabled_reason = None
-            endpoint.disabled_at = None
-        else:
-            endpoint.disabled_reason = DISABLED_MANUALLY
-            endpoint.disabled_at = now()
-    after = _audit_view(endpoint)
-    changed = {key: {"from": before[key], "to": value} for key, value in after.items() if before[key] != value}
-    if changed:
-        record("webhook_endpoint.updated", actor_id=user.id, resource_type="webhook_endpoint",
-               resource_id=endpoint.id, details={"changed": changed})
-    db.session.commit()
-    return endpoint
-
-
-def delete_endpoint(user: User, endpoint_id: uuid.UUID) -> None:
-    """Its deliveries go with it (ON DELETE CASCADE); a job still queued for one finds nothing to do."""
-    endpoint = get_endpoint(user, endpoint_id)
-    record("webhook_endpoint.deleted", actor_id=user.id, resource_type="webhook_endpoint", resource_id=endpoint.id,
-           details=_audit_view(endpoint))
-    db.session.delete(endpoint)
-    db.session.commit()
-
-
-def list_deliveries(user: User, endpoint_id: uuid.UUID, limit: int, offset: int) -> dict[str, Any]:
-    endpoint = get_endpoint(user, endpoint_id)
-    statement = (sa.select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
-                 .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()))
-    return paginate(statement, limit, offset)
-
-
-def _message(message_id: str, event_type: str, created_at: datetime, data: dict[str, Any]) -> dict[str, Any]:
+def message_body(message_id: str, event_type: str, created_at: datetime, data: dict[str, Any]) -> dict[str, Any]:
     """The body a receiver gets (Standard Webhooks): `{id, type, created_at, data}`."""
     return {"id": message_id, "type": event_type, "created_at": ensure_utc(created_at).isoformat(), "data": data}
 
 
-def send_test(user: User, endpoint_id: uuid.UUID) -> WebhookDelivery:
-    """A `test.ping` delivery, whatever the endpoint subscribes to; retried like any other."""
-    endpoint = get_endpoint(user, endpoint_id)
-    if not endpoint.is_active:
-        raise EndpointDisabled()
-    moment = now()
-    message_id = f"msg_{uuid.uuid4().hex}"
-    delivery = WebhookDelivery(
-        id=uuid.uuid4(), endpoint_id=endpoint.id, message_id=message_id, event_type=TEST_EVENT,
-        payload=_message(message_id, TEST_EVENT, moment, {"endpoint_id": str(endpoint.id), "message": TEST_MESSAGE}),
-        status="pending", attempts=0, next_attempt_at=moment, created_at=moment,
-    )
-    db.session.add(delivery)
-    db.session.commit()
-    enqueue_delivery(delivery.id)
-    return delivery
-
-
 def fan_out(event: OutboxEvent) -> int:
+    """`add_deliveries`, counted."""
+    return len(add_deliveries(event))
+
+
+def active_endpoints(user_ids: set[uuid.UUID]) -> dict[uuid.UUID, list[sa.Row]]:
+    """The active endpoints of these users (what `add_deliveries` needs of each), by user: one query for a batch."""
+    found: dict[uuid.UUID, list[sa.Row]] = {user_id: [] for user_id in user_ids}
+    for endpoint in db.session.execute(
+        sa.select(WebhookEndpoint.user_id, WebhookEndpoint.id, WebhookEndpoint.events, WebhookEndpoint.subscribed_at,
+                  WebhookEndpoint.created_at)
+        .where(WebhookEndpoint.user_id.in_(user_ids), WebhookEndpoint.is_active.is_(True))
+    ):
+        found[endpoint.user_id].append(endpoint)
+    return found
+
+
+def add_deliveries(event: OutboxEvent, endpoints: list[sa.Row] | None = None) -> list[uuid.UUID]:
     """One pending delivery per active endpoint of the event's user that subscribed to its type before the event
     happened (an endpoint never receives events from before it, or its subscription, existed), in the caller's
     transaction (the caller commits, then enqueues). Calling it twice for one event adds nothing the second
     time, also when two callers race: the (endpoint, message id) pair is unique and a duplicate is skipped
-    without an error. Returns how many deliveries were added."""
+    without an error. `endpoints`: the user's, from `active_endpoints` (else they are read here). Returns the
+    deliveries added."""
     if event.user_id is None:
-        return 0
+        return []
     if event.id is None or event.created_at is None:
         db.session.flush()
-    subscribed = [endpoint_id for endpoint_id, events, subscribed_at, created_at in db.session.execute(
-        sa.select(WebhookEndpoint.id, WebhookEndpoint.events, WebhookEndpoint.subscribed_at, WebhookEndpoint.created_at)
-        .where(WebhookEndpoint.user_id == event.user_id, WebhookEndpoint.is_active.is_(True))
-    ) if _subscribed_when(event, events, subscribed_at, created_at)]
+    if endpoints is None:
+        endpoints = active_endpoints({event.user_id})[event.user_id]
+    subscribed = [endpoint.id for endpoint in endpoints
+                  if _subscribed_when(event, endpoint.events, endpoint.subscribed_at, endpoint.created_at)]
     if not subscribed:
-        return 0
+        return []
     message_id = f"msg_{event.id.hex}"
-    payload = _message(message_id, event.event_type, event.created_at, event.payload)
+    payload = message_body(message_id, event.event_type, event.created_at, event.payload)
     dialect = db.session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
     moment = now()
-    added = 0
+    added = []
     for endpoint_id in subscribed:
         statement = (
             insert(WebhookDelivery)
@@ -264,45 +128,39 @@ def fan_out(event: OutboxEvent) -> int:
             .on_conflict_do_nothing(index_elements=["endpoint_id", "message_id"])
         )
         # RETURNING rather than rowcount: an ORM-enabled INSERT may not report a rowcount (psycopg 3).
-        if db.session.execute(statement.returning(WebhookDelivery.id)).first() is not None:
-            added += 1
+        delivery_id = db.session.execute(statement.returning(WebhookDelivery.id)).scalar()
+        if delivery_id is not None:
+            added.append(delivery_id)
     return added
 
 
 def due_deliveries(moment: datetime, limit: int = 500) -> list[uuid.UUID]:
     """Pending deliveries whose attempt (or lease) time has come, oldest first."""
-    return list(db.session.scalars(
-        sa.select(WebhookDelivery.id)
-        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= moment)
-        .order_by(WebhookDelivery.next_attempt_at).limit(limit)
-    ))
+    return [delivery_id for delivery_id, _ in delivery.due(CHANNEL, moment, limit)]
 
 
-def enqueue_delivery(delivery_id: uuid.UUID, delay_seconds: float = 0) -> None:
-    """Hand an attempt to a worker, after the commit that made the row exist (see `enqueue_attempt`)."""
-    from ..jobs.webhooks import deliver_webhook_job
-
-    if not enqueue_attempt("webhooks", deliver_webhook_job, str(delivery_id), delay_seconds=delay_seconds,
-                           job_timeout=JOB_TIMEOUT_SECONDS):
-        log.warning("cannot enqueue a webhook delivery; the relay will pick it up",
-                    extra={"delivery_id": str(delivery_id)})
+def enqueue_delivery(delivery_id: uuid.UUID, delay_seconds: float = 0, *, attempt: int = 1) -> None:
+    """Hand attempt `attempt` (the first, for a new delivery) to a worker, after the commit that made the row exist."""
+    delivery.enqueue(CHANNEL, delivery_id, attempt, delay_seconds)
 
 
 def deliver(delivery_id: uuid.UUID) -> str:
     """One attempt at one delivery. Safe to call any number of times, at once too: only one caller claims a due
     attempt; the others return why they did nothing."""
-    attempt = _claim(delivery_id)
-    if attempt is None:
-        return _not_claimed(delivery_id)
-    delivery = db.session.get(WebhookDelivery, delivery_id, populate_existing=True)
-    endpoint = None if delivery is None else db.session.get(WebhookEndpoint, delivery.endpoint_id,
-                                                            populate_existing=True)
-    if delivery is None or endpoint is None:
-        db.session.rollback()
+    claimed = delivery.claim(CHANNEL, delivery_id, WebhookDelivery.endpoint_id, WebhookDelivery.message_id,
+                             WebhookDelivery.payload, commit=False)
+    if claimed is None:
+        return delivery.why_not_claimed(CHANNEL, delivery_id, on_abandon=_abandon)
+    attempt, endpoint_id, message_id, payload = claimed
+    endpoint = db.session.execute(
+        sa.select(WebhookEndpoint.url, WebhookEndpoint.secret_sealed, WebhookEndpoint.is_active,
+                  WebhookEndpoint.consecutive_failures).where(WebhookEndpoint.id == endpoint_id)
+    ).first()
+    db.session.commit()  # the claim; and no DB transaction stays open while the receiver takes its time
+    if endpoint is None:
         return "nothing to do: the endpoint was deleted"
     if not endpoint.is_active:
         return _not_sent(delivery_id, attempt)
-    endpoint_id, url, message_id, payload = endpoint.id, endpoint.url, delivery.message_id, delivery.payload
     try:
         secret = unseal(SEAL_PURPOSE, endpoint.secret_sealed).decode()
     except Unreadable:
@@ -310,53 +168,14 @@ def deliver(delivery_id: uuid.UUID) -> str:
         return _record(delivery_id, endpoint_id, attempt, None,
                        "the signing secret is unreadable after a server key change; re-create the endpoint",
                        final=True)
-    db.session.rollback()  # no DB transaction stays open while the receiver takes its time
-    status, error = _send(url, message_id, payload, secret)
-    return _record(delivery_id, endpoint_id, attempt, status, error)
-
-
-def _claim(delivery_id: uuid.UUID) -> int | None:
-    """attempts + 1 and a lease on a due pending row; the new attempt number, or None if it was not ours."""
-    moment = now()
-    attempt = db.session.execute(
-        sa.update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
-               WebhookDelivery.next_attempt_at <= moment, WebhookDelivery.attempts < MAX_ATTEMPTS)
-        .values(attempts=WebhookDelivery.attempts + 1, next_attempt_at=moment + LEASE, last_attempt_at=moment)
-        .returning(WebhookDelivery.attempts)
-    ).scalar()
-    db.session.commit()
-    return attempt
-
-
-def _not_claimed(delivery_id: uuid.UUID) -> str:
-    row = db.session.execute(
-        sa.select(WebhookDelivery.status, WebhookDelivery.attempts, WebhookDelivery.next_attempt_at)
-        .where(WebhookDelivery.id == delivery_id)
-    ).first()
-    db.session.rollback()
-    if row is None:
-        return "nothing to do: no such delivery (its endpoint was deleted, or it was purged)"
-    if row.status != "pending":
-        return f"nothing to do: already {row.status}"
-    if ensure_utc(row.next_attempt_at) > now():
-        return "nothing to do: not due yet, or another worker is attempting it"
-    if row.attempts >= MAX_ATTEMPTS:
-        return _abandon(delivery_id)
-    return "nothing to do: claimed by another worker"
+    status, error = _send(endpoint.url, message_id, payload, secret)
+    return _record(delivery_id, endpoint_id, attempt, status, error, failures_before=endpoint.consecutive_failures)
 
 
 def _abandon(delivery_id: uuid.UUID) -> str:
     """The last attempt's worker died before recording an answer (its lease is over): the delivery failed."""
-    moment = now()
-    endpoint_id = db.session.execute(
-        sa.update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
-               WebhookDelivery.next_attempt_at <= moment, WebhookDelivery.attempts >= MAX_ATTEMPTS)
-        .values(status="failed", completed_at=moment, last_error="the last attempt never reported an answer")
-        .returning(WebhookDelivery.endpoint_id)
-    ).scalar()
-    if endpoint_id is None:
+    endpoint_id = db.session.scalar(sa.select(WebhookDelivery.endpoint_id).where(WebhookDelivery.id == delivery_id))
+    if endpoint_id is None or not delivery.abandon(CHANNEL, delivery_id, completed_at=now()):
         db.session.rollback()
         return "nothing to do: claimed by another worker"
     _count_failed_delivery(endpoint_id)
@@ -367,8 +186,9 @@ def _abandon(delivery_id: uuid.UUID) -> str:
 
 def _ours(delivery_id: uuid.UUID, attempt: int) -> sa.Update:
     """An UPDATE of the delivery only while it is still the attempt this worker claimed."""
-    return sa.update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
-                                            WebhookDelivery.attempts == attempt)
+    return (sa.update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
+                                             WebhookDelivery.attempts == attempt)
+            .execution_options(synchronize_session=False))
 
 
 def _not_sent(delivery_id: uuid.UUID, attempt: int) -> str:
@@ -393,7 +213,7 @@ def _send(url: str, message_id: str, payload: dict[str, Any], secret: str) -> tu
         "webhook-signature": sign(secret, message_id, timestamp, body),
     }
     try:
-        return ssrf.post(url, body, headers, timeout=TIMEOUT_SECONDS, allow_private=_allow_private()), None
+        return ssrf.post(url, body, headers, timeout=TIMEOUT_SECONDS, allow_private=allow_private_targets()), None
     except ssrf.UnsafeTarget as exc:
         return None, f"refused: {exc}"
     except urllib3.exceptions.NewConnectionError as exc:  # a subclass of ConnectTimeoutError, so first
@@ -407,7 +227,7 @@ def _send(url: str, message_id: str, payload: dict[str, Any], secret: str) -> tu
 
 
 def _record(delivery_id: uuid.UUID, endpoint_id: uuid.UUID, attempt: int, status: int | None, error: str | None,
-            *, final: bool = False) -> str:
+            *, final: bool = False, failures_before: int | None = None) -> str:
     """Write down the attempt's answer: 2xx succeeded; 410 disables the endpoint; anything else is retried
     after the next delay, and after the last attempt the delivery failed (one more failed delivery for the
     endpoint; FAILED_DELIVERIES_TO_DISABLE in a row disable it)."""
@@ -419,7 +239,7 @@ def _record(delivery_id: uuid.UUID, endpoint_id: uuid.UUID, attempt: int, status
         changed = db.session.execute(
             ours.values(status="succeeded", completed_at=moment, response_status=status, last_error=None)
             .returning(WebhookDelivery.id)).scalar()
-        if changed:
+        if changed and failures_before != 0:  # most endpoints have no failures to forget: no UPDATE for them
             db.session.execute(sa.update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
                                                                 WebhookEndpoint.consecutive_failures != 0)
                                .values(consecutive_failures=0))
@@ -432,8 +252,8 @@ def _record(delivery_id: uuid.UUID, endpoint_id: uuid.UUID, attempt: int, status
             _disable(endpoint_id, DISABLED_GONE)
     else:
         error = (error or f"HTTP {status}")[:255]
-        if not final and attempt < MAX_ATTEMPTS:
-            retry_in = RETRY_DELAYS[attempt - 1]
+        retry_in = None if final else delivery.retry_delay(CHANNEL, attempt)
+        if retry_in is not None:
             result, outcome = "retry", f"failed ({error}); retry in {int(retry_in.total_seconds())} s"
             changed = db.session.execute(
                 ours.values(next_attempt_at=moment + retry_in, response_status=status, last_error=error)
@@ -453,7 +273,7 @@ def _record(delivery_id: uuid.UUID, endpoint_id: uuid.UUID, attempt: int, status
     log.info("webhook attempt", extra={"delivery_id": str(delivery_id), "endpoint_id": str(endpoint_id),
                                        "attempt": attempt, "status": status, "result": result})
     if retry_in is not None:
-        enqueue_delivery(delivery_id, retry_in.total_seconds())
+        enqueue_delivery(delivery_id, retry_in.total_seconds(), attempt=attempt + 1)
     return outcome
 
 
@@ -480,5 +300,4 @@ def _disable(endpoint_id: uuid.UUID, reason: str, **details: Any) -> None:
 
 def purge_delivery_log(older_than: datetime) -> int:
     """Forget finished deliveries completed before `older_than`."""
-    return purge_in_batches(WebhookDelivery, WebhookDelivery.status.in_(("succeeded", "failed")),
-                            WebhookDelivery.completed_at < older_than)
+    return delivery.purge(CHANNEL, older_than)

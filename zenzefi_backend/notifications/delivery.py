@@ -1,0 +1,183 @@
+"""The one delivery mechanism e-mails and webhooks share: the row in the database is the promise to send, a Redis
+job only the nudge to attempt it now.
+
+- **Claim**: an attempt starts with a conditional UPDATE (attempts + 1 and a lease on a due pending row), so however
+  many jobs run for one row, one of them makes the attempt; a worker that dies mid-attempt only delays a retry.
+- **Retry schedule**: after attempt n fails, attempt n + 1 comes `retry_delays[n - 1]` later; after the last one the
+  row has failed. A last attempt whose worker died (its lease ran out) is abandoned: the row failed.
+- **Due query**: pending rows whose attempt (or lease) time has come.
+- **Enqueue**: one RQ job per attempt, with the job id `<channel>-<row id>-<attempt number>` enqueued `unique`, so
+  the relay, a retry and a sweep asking for the same attempt leave one job in Redis; after Redis lost its data the
+  next sweep enqueues each due attempt once more. Jobs are named by their dotted path: this package never imports
+  `jobs/`, which imports it.
+- **Purge**: finished rows older than the retention.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from redis.exceptions import RedisError
+from rq import Retry
+from rq.exceptions import DuplicateJobError
+
+from ..clock import ensure_utc, now
+from ..database import db, purge_in_batches
+from ..extensions import get_queue
+
+log = logging.getLogger(__name__)
+
+# A finished job's id is kept this long, so a sweep that read the row just before the job claimed it cannot
+# enqueue the same attempt again (the claim moves the row on to the next attempt number or out of `pending`).
+FINISHED_JOB_KEPT_SECONDS = 600
+# A job that raised (the database was away, a bug) is retried by RQ with the same id; after the last retry its id
+# is kept this long, and then a sweep may enqueue the attempt again.
+JOB_RETRY_INTERVALS = (5, 30, 120)
+FAILED_JOB_KEPT_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What differs between e-mails and webhook deliveries; everything else is the same code."""
+
+    name: str  # the first part of the job id
+    model: Any  # the table: id, status, attempts, next_attempt_at
+    queue: str  # the RQ queue its jobs go to
+    job: str  # the dotted name of the job function, called with the row id as a string
+    lease: timedelta  # longer than an attempt can take: the job is killed first (job_timeout)
+    job_timeout_seconds: float
+    retry_delays: tuple[timedelta, ...]
+    finished_states: tuple[str, ...]  # (success, failure)
+    purge_age_column: str  # finished rows are purged by this column's age
+    missing: str  # why a job for a row that is gone finds nothing to do
+    claim_values: Callable[[datetime], dict[str, Any]] = field(default=lambda moment: {})
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_delays) + 1
+
+    @property
+    def failed(self) -> str:
+        return self.finished_states[1]
+
+    def job_id(self, row_id: uuid.UUID, attempt: int) -> str:
+        return f"{self.name}-{row_id}-{attempt}"
+
+
+def claim(channel: Channel, row_id: uuid.UUID, *returning: Any, commit: bool = True) -> sa.Row | None:
+    """Attempts + 1 and a lease on a due pending row, committed (or left for the caller to commit with what else it
+    reads, before it sends); (the new attempt number, *returning) of the row, or None if it was not ours (not due,
+    not pending, out of attempts, claimed by another worker)."""
+    model = channel.model
+    moment = now()
+    claimed = db.session.execute(
+        sa.update(model)
+        .where(model.id == row_id, model.status == "pending", model.next_attempt_at <= moment,
+               model.attempts < channel.max_attempts)
+        .values(attempts=model.attempts + 1, next_attempt_at=moment + channel.lease, **channel.claim_values(moment))
+        .returning(model.attempts, *returning)
+        .execution_options(synchronize_session=False)  # no ORM bookkeeping: callers read what RETURNING gives
+    ).first()
+    if commit or claimed is None:
+        db.session.commit()
+    return claimed
+
+
+def retry_delay(channel: Channel, attempt: int) -> timedelta | None:
+    """How long after failed attempt `attempt` the next one comes; None after the last."""
+    return channel.retry_delays[attempt - 1] if attempt < channel.max_attempts else None
+
+
+def why_not_claimed(channel: Channel, row_id: uuid.UUID,
+                    on_abandon: Callable[[uuid.UUID], str] | None = None) -> str:
+    """Why a job found nothing to attempt; a row whose last attempt never answered is failed here (`on_abandon`
+    marks it, in an open transaction the caller of `abandon` commits)."""
+    model = channel.model
+    row = db.session.execute(
+        sa.select(model.status, model.attempts, model.next_attempt_at).where(model.id == row_id)
+    ).first()
+    db.session.rollback()
+    if row is None:
+        return f"nothing to do: {channel.missing}"
+    if row.status != "pending":
+        return f"nothing to do: already {row.status}"
+    if ensure_utc(row.next_attempt_at) > now():
+        return "nothing to do: not due yet, or another worker is attempting it"
+    if row.attempts >= channel.max_attempts and on_abandon is not None:
+        return on_abandon(row_id)
+    return "nothing to do: claimed by another worker"
+
+
+def abandon(channel: Channel, row_id: uuid.UUID, **values: Any) -> bool:
+    """Fail a row whose last attempt's lease ran out without an answer (its worker died); True if this caller did
+    it. Leaves the transaction open for the caller's bookkeeping and commit."""
+    model = channel.model
+    moment = now()
+    return db.session.execute(
+        sa.update(model)
+        .where(model.id == row_id, model.status == "pending", model.next_attempt_at <= moment,
+               model.attempts >= channel.max_attempts)
+        .values(status=channel.failed, last_error="the last attempt never reported an answer", **values)
+        .returning(model.id)
+    ).scalar() is not None
+
+
+def due(channel: Channel, moment: datetime, limit: int = 500) -> list[tuple[uuid.UUID, int]]:
+    """(id, attempts made) of the pending rows whose attempt (or lease) time has come, oldest first."""
+    model = channel.model
+    return [(row_id, attempts) for row_id, attempts in db.session.execute(
+        sa.select(model.id, model.attempts)
+        .where(model.status == "pending", model.next_attempt_at <= moment)
+        .order_by(model.next_attempt_at).limit(limit)
+    )]
+
+
+def enqueue(channel: Channel, row_id: uuid.UUID, attempt: int, delay_seconds: float = 0) -> bool:
+    """Hand attempt number `attempt` of a row to a worker, now or after `delay_seconds`, after the commit that made
+    the row due. A job already in Redis for this attempt (queued, scheduled, running or just finished) is left as it
+    is: each attempt is enqueued once. False when Redis cannot be reached (the next sweep enqueues it).
+
+    In the embedded default an immediate attempt runs inline, right here; a delayed one waits for the sweep."""
+    queue = get_queue(channel.queue)
+    job_id = channel.job_id(row_id, attempt)
+    options = {"job_id": job_id, "job_timeout": channel.job_timeout_seconds}
+    try:
+        if not queue.is_async:
+            if delay_seconds <= 0:
+                queue.enqueue(channel.job, str(row_id), **options)
+            return True
+        options.update(unique=True, result_ttl=FINISHED_JOB_KEPT_SECONDS, failure_ttl=FAILED_JOB_KEPT_SECONDS,
+                       retry=Retry(max=len(JOB_RETRY_INTERVALS), interval=list(JOB_RETRY_INTERVALS)))
+        if delay_seconds <= 0:
+            queue.enqueue(channel.job, str(row_id), **options)
+        else:
+            # RQ keeps the time to the whole second, rounded down: a second late, never before the row is due.
+            queue.enqueue_in(timedelta(seconds=math.ceil(delay_seconds) + 1), channel.job, str(row_id), **options)
+    except DuplicateJobError:
+        return True
+    except RedisError:
+        log.warning("cannot enqueue an attempt; the next sweep will", extra={"job_id": job_id})
+        return False
+    return True
+
+
+def enqueue_due(channel: Channel, moment: datetime | None = None) -> int:
+    """The sweep: enqueue every due attempt of the channel (each once, see `enqueue`); how many were due."""
+    rows = due(channel, moment or now())
+    db.session.rollback()  # no transaction held while enqueueing (inline jobs run right here)
+    for row_id, attempts in rows:
+        enqueue(channel, row_id, attempts + 1)
+    return len(rows)
+
+
+def purge(channel: Channel, older_than: datetime) -> int:
+    """Forget finished rows whose purge column is older than `older_than`."""
+    model = channel.model
+    return purge_in_batches(model, model.status.in_(channel.finished_states),
+                            getattr(model, channel.purge_age_column) < older_than)
