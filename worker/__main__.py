@@ -21,11 +21,6 @@ from zenzefi_backend.jobs.schedule import PeriodicScheduler
 
 from .reconnect import ReconnectingWorker, run_worker
 
-
-class _Worker(ReconnectingWorker, InProcessWorker):
-    """Merge of `resilience` (reconnects across Redis outages) and `deliveries` (jobs in this process, delivery
-    queues taking turns): the lead decides the final shape."""
-
 log = logging.getLogger("worker")
 
 
@@ -58,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_scheduler:
             threading.Thread(target=scheduler.run, name="periodic-scheduler", daemon=True).start()
         try:
-            return run_worker(lambda: _Worker(args.queues, connection=connection), connection,
+            return run_worker(lambda: ReconnectingWorker(args.queues, connection=connection), connection,
                               burst=args.burst, logging_level=app.config["LOG_LEVEL"])
         finally:
             scheduler.stopped.set()
