@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from .clock import ensure_utc, now
 from .extensions import db
+from .money import quantize
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -40,10 +41,10 @@ class Money(sa.types.TypeDecorator):
     def process_bind_param(self, value: Decimal | None, dialect):
         if value is None:
             return None
-        return Decimal(value).quantize(Decimal("0.01"))
+        return quantize(Decimal(value))
 
     def process_result_value(self, value, dialect):
-        return None if value is None else Decimal(str(value)).quantize(Decimal("0.01"))
+        return None if value is None else quantize(Decimal(str(value)))
 
 
 class UUIDPrimaryKey:

@@ -16,7 +16,7 @@ from ..accounts.models import User
 from ..audit.services import record
 from ..database import db
 from ..errors import Conflict, NotFound, PaymentRequired
-from ..money import format_amount, quantize
+from ..money import format_amount, quantize, quantized_in_sql
 from ..pagination import paginate
 from .models import TRANSACTION_TYPES, Transaction
 
@@ -69,8 +69,7 @@ def apply(
     amount = quantize(Decimal(amount))
     if amount == 0:
         raise ValueError("a ledger entry moves money")
-    # ROUND keeps SQLite (which stores NUMERIC as REAL) exact to the cent; PostgreSQL numeric is exact anyway.
-    new_balance = sa.func.round(User.balance + amount, 2)
+    new_balance = quantized_in_sql(User.balance + amount)
     balance_after = db.session.scalar(
         sa.update(User)
         .where(User.id == user_id, new_balance >= 0, new_balance <= MAX_BALANCE)
