@@ -19,7 +19,7 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
 from . import jsonbody, limit_headers  # noqa: E402
 from .config import build_config, load_env_file  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
-from .extensions import api, db, jwt, limiter, migrate, redis_connection  # noqa: E402
+from .extensions import api, db, jwt, limiter, metrics_requested, migrate, redis_connection  # noqa: E402
 from .extensions import metrics as http_metrics  # noqa: E402 - the package also has a `metrics` module
 from .openapi import SECURITY_SCHEMES  # noqa: E402
 
@@ -41,6 +41,32 @@ def _sqlite_pragmas(app: Flask) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()
+
+
+def register_api_rate_limit() -> None:
+    """The per-user API limit by plan (plans/limits.py), one application limit over every route; installed
+    before `limiter.init_app`, which completes it from the app's config."""
+    from flask_limiter import ApplicationLimit
+
+    from .plans.limits import api_rate_key, api_rate_limit, api_rate_message
+
+    limiter.limit_manager.set_application_limits([
+        ApplicationLimit(api_rate_limit, key_function=api_rate_key, scope="api", error_message=api_rate_message)
+        .bind(limiter)
+    ])
+
+
+def register_gauges() -> None:
+    """What computes each gauge, kept where its data lives, runs when `/metrics` is read."""
+    from . import metrics
+    from .accounts.gauges import refresh_user_gauges
+    from .jobs.queues import refresh_queue_gauges
+    from .proxy.gauges import refresh_session_gauges
+    from .tokens.gauges import refresh_token_gauges
+
+    metrics.refresh_gauges_with(refresh_user_gauges, refresh_token_gauges, refresh_session_gauges,
+                                refresh_queue_gauges)
+    metrics_requested.connect(metrics.refresh_gauges)
 
 
 def register_blueprints(app: Flask) -> None:
@@ -98,6 +124,7 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     redis_connection.init_app(app)
     jwt.init_app(app)
     limit_headers.init_app(app)  # before the limiter: its after-request hook must run after the limiter's
+    register_api_rate_limit()
     limiter.init_app(app)
     api.init_app(app, spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}})
     with app.app_context():
@@ -114,6 +141,7 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
 
     PageSecurityHeaders(app)  # one per app: Talisman keeps the app it was given
     write_usage_rollups()
+    register_gauges()
     http_metrics.init_app(app)
 
     from .cli import register_commands

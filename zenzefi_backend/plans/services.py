@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from .. import metrics
-from ..accounts.models import PLANS, User
+from ..accounts.models import FREE, PLANS, User
 from ..audit.services import record
 from ..clock import now
 from ..database import db
@@ -29,7 +29,6 @@ from ..errors import Conflict, ValidationFailed
 from ..ledger import services as ledger
 from ..money import format_amount, quantize
 
-FREE = "free"
 PAID_PLANS = tuple(plan for plan in PLANS if plan != FREE)
 PERIOD_DAYS = 30
 PERIOD = timedelta(days=PERIOD_DAYS)
@@ -59,16 +58,8 @@ def catalogue() -> list[dict[str, Any]]:
              "period_days": PERIOD_DAYS} for plan in PLANS]
 
 
-def effective_plan(user: User, moment: datetime | None = None) -> str:
-    """The plan that applies now: a paid plan past its expiry is already free."""
-    expires = user.plan_expires_at
-    if user.plan != FREE and expires is not None and expires <= (moment or now()):
-        return FREE
-    return user.plan
-
-
 def plan_state(user: User, moment: datetime | None = None) -> dict[str, Any]:
-    plan = effective_plan(user, moment)
+    plan = user.plan_at(moment or now())
     return {"plan": plan, "plan_expires_at": None if plan == FREE else user.plan_expires_at,
             "api_requests_per_minute": api_limit_of(plan), "proxy_requests_per_minute": proxy_limit_of(plan)}
 
@@ -90,7 +81,7 @@ def purchase_plan(user: User, plan: str) -> dict[str, Any]:
     price = price_of(plan)
     moment = now()
     locked = ledger.lock_user(user.id)
-    previous_plan, previous_expiry = effective_plan(locked, moment), locked.plan_expires_at
+    previous_plan, previous_expiry = locked.plan_at(moment), locked.plan_expires_at
     if locked.plan == plan and previous_expiry is None:
         raise PlanDoesNotExpire()
     renewal = previous_plan == plan

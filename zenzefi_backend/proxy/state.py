@@ -203,9 +203,7 @@ class UserState:
 
     @classmethod
     def of(cls, user: User) -> UserState:
-        from ..plans.services import effective_plan  # plans → ledger → … would import us back at module level
-
-        return cls(int(user.is_active), effective_plan(user))
+        return cls(int(user.is_active), user.effective_plan)
 
     @classmethod
     def loads(cls, raw: str | bytes) -> UserState:
