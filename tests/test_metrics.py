@@ -195,3 +195,20 @@ def test_gauges_are_computed_when_metrics_are_read(app, client, accounts, buyer)
     assert value(found, "active_sessions") == 1
     assert value(found, "rq_queue_depth", queue="emails") == 3
     assert value(found, "rq_queue_depth", queue="default") == 0
+
+
+def test_a_gauge_that_cannot_be_computed_keeps_its_value_and_the_others_are_computed(client, accounts, monkeypatch):
+    accounts.register()
+    before = samples(client)
+    depth = value(before, "rq_queue_depth", queue="emails")
+
+    def redis_away() -> None:
+        raise ConnectionError("Redis is away")
+
+    from zenzefi_backend.accounts.gauges import refresh_user_gauges
+
+    monkeypatch.setattr(metrics, "_gauge_refreshers", [redis_away, refresh_user_gauges])
+    accounts.register()
+    after = samples(client)  # still 200
+    assert value(after, "total_users") == value(before, "total_users") + 1
+    assert value(after, "rq_queue_depth", queue="emails") == depth

@@ -60,7 +60,7 @@ def register_gauges() -> None:
     """What computes each gauge, kept where its data lives, runs when `/metrics` is read."""
     from . import metrics
     from .accounts.gauges import refresh_user_gauges
-    from .jobs.queues import refresh_queue_gauges
+    from .jobs.gauges import refresh_queue_gauges
     from .proxy.gauges import refresh_session_gauges
     from .tokens.gauges import refresh_token_gauges
 

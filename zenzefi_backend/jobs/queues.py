@@ -9,7 +9,6 @@ from typing import Any
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
-from .. import metrics
 from ..extensions import get_queue, get_redis
 
 QUEUE_NAMES = ("default", "emails", "webhooks")
@@ -50,10 +49,3 @@ def enqueue_attempt(queue_name: str, func: Callable[..., Any], *args: Any, delay
     except RedisError:
         return False
     return True
-
-
-def refresh_queue_gauges() -> None:
-    """`rq_queue_depth`: jobs waiting in each queue (computed when `/metrics` is read)."""
-    client = get_redis()
-    for name in QUEUE_NAMES:
-        metrics.rq_queue_depth.labels(queue=name).set(Queue(name, connection=client).count)
