@@ -24,6 +24,7 @@ from ..pagination import paginate
 from ..proxy import sessions as proxy_sessions
 from ..proxy import state as proxy_state
 from ..proxy.models import ProxySession
+from ..record_views import RecordView
 from ..tokens.models import AccessToken
 from ..tokens.services import status_condition
 
@@ -47,16 +48,13 @@ class CannotDeactivateYourself(Conflict):
 
 
 @dataclass
-class UserOverview:
+class UserOverview(RecordView):
     """A user with the counts superusers see next to them."""
 
-    user: User
+    record: User
     token_count: int = 0
     active_token_count: int = 0
     transaction_count: int = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.user, name)
 
 
 def _overviews(users: list[User]) -> list[UserOverview]:

@@ -33,6 +33,7 @@ from ..database import db, purge_in_batches
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..jobs.queues import enqueue_attempt
 from ..pagination import paginate
+from ..record_views import RecordView
 from ..sealing import Unreadable, seal, unseal
 from . import ssrf
 from .models import TEST_EVENT, OutboxEvent, WebhookDelivery, WebhookEndpoint
@@ -74,14 +75,11 @@ class EndpointDisabled(Conflict):
 
 
 @dataclass
-class CreatedEndpoint:
+class CreatedEndpoint(RecordView):
     """A new endpoint together with its signing secret, which exists only in the create response."""
 
     record: WebhookEndpoint
     secret: str
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.record, name)
 
 
 def new_secret() -> str:

@@ -23,6 +23,7 @@ from ..notifications.outbox import emit
 from ..pagination import paginate
 from ..proxy import sessions as proxy_sessions
 from ..proxy import state as proxy_state
+from ..record_views import RecordView
 from ..referrals import services as referrals
 from .models import AccessToken
 from .pricing import price_for
@@ -59,14 +60,11 @@ def hint_for(secret: str) -> str:
 
 
 @dataclass
-class IssuedToken:
+class IssuedToken(RecordView):
     """A token together with its secret, which exists only in this response."""
 
     record: AccessToken
     secret: str
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.record, name)
 
 
 def build_token(user_id: uuid.UUID, duration_hours: int, scope: str, paid: Decimal, *, source: str = "purchase",
