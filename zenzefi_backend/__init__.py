@@ -57,15 +57,15 @@ def register_api_rate_limit() -> None:
 
 
 def register_gauges() -> None:
-    """What computes each gauge, kept where its data lives, runs when `/metrics` is read."""
+    """What each gauge shows, defined where its data lives, is computed when `/metrics` is read."""
     from . import metrics
-    from .accounts.gauges import refresh_user_gauges
+    from .accounts.gauges import count_users
     from .jobs.gauges import refresh_queue_gauges
-    from .proxy.gauges import refresh_session_gauges
-    from .tokens.gauges import refresh_token_gauges
+    from .proxy.gauges import count_open_sessions
+    from .tokens.gauges import count_tokens_in_use
 
-    metrics.refresh_gauges_with(refresh_user_gauges, refresh_token_gauges, refresh_session_gauges,
-                                refresh_queue_gauges)
+    metrics.compute_gauges_with({metrics.total_users: count_users, metrics.active_tokens: count_tokens_in_use,
+                                 metrics.active_sessions: count_open_sessions}, [refresh_queue_gauges])
     metrics_requested.connect(metrics.refresh_gauges)
 
 

@@ -6,16 +6,17 @@ at scrape time, so `/metrics` is right whichever worker answers.
 Business counters move only when the change they count is committed: services call `count(...)` inside
 their DB transaction and the increment waits for that transaction's commit (a rolled-back purchase is never
 counted). The gauges are computed from the database and Redis just before `/metrics` renders: the view sends
-`metrics_requested`, the factory connects `refresh_gauges` to it, which calls the refreshers the factory listed
-(`refresh_gauges_with`), each kept in the package that holds its data. Each worker writes what it computed,
+`metrics_requested`, the factory connects `refresh_gauges` to it, which runs what the factory listed
+(`compute_gauges_with`), each defined in the package that holds its data. Each worker writes what it computed,
 and in multiprocess mode the most recent value wins (`livemostrecent`), so every worker reports the same figure.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
+import sqlalchemy as sa
 from prometheus_client import Counter, Gauge, Histogram
 
 from .database import after_commit, db
@@ -56,22 +57,35 @@ def count(counter: Counter, amount: int | Decimal = 1, **labels: str) -> None:
     after_commit(lambda: target.inc(float(amount)))
 
 
-# What computes each gauge, next to its data (tokens, accounts, proxy, jobs packages); the factory lists them.
+# What each gauge shows, defined next to its data (accounts, tokens, proxy, jobs); the factory lists them.
+_gauge_counts: dict[Gauge, Callable[[], sa.Select]] = {}
 _gauge_refreshers: list[Callable[[], None]] = []
 
 
-def refresh_gauges_with(*refreshers: Callable[[], None]) -> None:
-    """The functions `refresh_gauges` calls, each setting some gauges (a cheap COUNT, Redis LLENs)."""
+def compute_gauges_with(counts: Mapping[Gauge, Callable[[], sa.Select]],
+                        refreshers: Sequence[Callable[[], None]] = ()) -> None:
+    """What `refresh_gauges` computes: `counts` are one-row SELECTs of a number, run together in one round trip;
+    each of `refreshers` sets some gauges from elsewhere (Redis)."""
+    _gauge_counts.clear()
+    _gauge_counts.update(counts)
     _gauge_refreshers[:] = refreshers
 
 
 def refresh_gauges(*_sender: object, **_extra: object) -> None:
     """Compute the gauges now. A dependency that is down leaves the gauges it feeds as they were; `/metrics`
     still answers."""
+    counts = dict(_gauge_counts)
+    if counts:
+        try:
+            figures = db.session.execute(sa.select(*(count().scalar_subquery() for count in counts.values()))).one()
+            for gauge, figure in zip(counts, figures, strict=True):
+                gauge.set(figure)
+        except Exception:
+            log.warning("metrics: cannot count the database gauges", exc_info=True)
+        finally:
+            db.session.rollback()
     for refresh in list(_gauge_refreshers):
         try:
             refresh()
         except Exception:
             log.warning("metrics: %s failed; its gauges keep their last value", refresh.__qualname__, exc_info=True)
-        finally:
-            db.session.rollback()

@@ -1,4 +1,4 @@
-"""The queues' gauge, computed when `/metrics` is read (the factory lists it in `metrics.refresh_gauges_with`)."""
+"""The queues' gauge, set when `/metrics` is read (the factory lists it in `metrics.compute_gauges_with`)."""
 from __future__ import annotations
 
 from rq import Queue
