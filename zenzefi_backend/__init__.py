@@ -80,9 +80,9 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["zenzefi-env-file"] = env_file
     _configure_logging(app.config["LOG_LEVEL"])
 
-    from .proxy.fastpath import ProxyFastPath
+    from .proxy.entry import ProxyFastPath
 
-    # Forwarded proxy requests skip Flask (proxy/fastpath.py); inside ProxyFix, which gives them the client's address.
+    # Forwarded proxy requests skip Flask (proxy/entry.py); inside ProxyFix, which gives them the client's address.
     app.wsgi_app = ProxyFastPath(app, app.wsgi_app)
     if app.config["TRUSTED_PROXY_HOPS"] > 0:
         hops = app.config["TRUSTED_PROXY_HOPS"]

@@ -170,26 +170,26 @@ def change_password(user: User, current_password: str, new_password: str) -> Non
 
 def deactivate_user(user: User, actor_id: uuid.UUID | None = None) -> User:
     """Locked out everywhere at once: JWTs (checked per request), access tokens and proxy sessions."""
-    from ..proxy import sessions, state
+    from ..proxy import cache, sessions
 
     user.is_active = False
     sessions.end_for_user(user.id, "deactivated")
     record("user.deactivated", actor_id=actor_id, resource_type="user", resource_id=user.id)
     db.session.commit()
-    state.mark_inactive(user)
+    cache.mark_inactive(user)
     return user
 
 
 def reactivate_user(user: User, actor_id: uuid.UUID | None = None) -> User:
     """Let a deactivated user back in. JWTs issued before the deactivation stay dead (a new generation):
     the user signs in again. Their access tokens work again from the next request."""
-    from ..proxy import state
+    from ..proxy import cache
 
     user.is_active = True
     user.jwt_generation += 1
     record("user.reactivated", actor_id=actor_id, resource_type="user", resource_id=user.id)
     db.session.commit()
-    state.forget_user(user.id)  # drop the deactivation's tombstone
+    cache.forget_user(user.id)  # drop the deactivation's tombstone
     return user
 
 

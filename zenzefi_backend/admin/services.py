@@ -21,8 +21,8 @@ from ..database import db
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..ledger.models import Transaction
 from ..pagination import paginate
+from ..proxy import cache as proxy_cache
 from ..proxy import sessions as proxy_sessions
-from ..proxy import state as proxy_state
 from ..proxy.models import ProxySession
 from ..tokens.models import AccessToken
 from ..tokens.services import status_condition
@@ -160,7 +160,7 @@ def update_user(admin: User, user_id: uuid.UUID, changes: dict[str, Any]) -> Use
     else:
         db.session.commit()
         if "plan" in changed or "plan_expires_at" in changed:
-            proxy_state.forget_user(user.id)  # the proxy's rate limit follows the (effective) plan
+            proxy_cache.forget_user(user.id)  # the proxy's rate limit follows the (effective) plan
     return get_user(user_id)
 
 
@@ -196,4 +196,4 @@ def end_session(admin: User, session_id: uuid.UUID) -> None:
            details={"user_id": str(session.user_id), "token_id": str(session.token_id),
                     "device_id": session.device_id})
     db.session.commit()
-    proxy_state.release_holder(session.token_id)  # the next request from any device may claim the token
+    proxy_cache.release_holder(session.token_id)  # the next request from any device may claim the token

@@ -81,7 +81,7 @@ def purchase_plan(user: User, plan: str) -> dict[str, Any]:
     """One DB transaction under the user's row lock: the `plan` ledger entry (402 when short, nothing
     changes), the new plan and expiry, the audit entry. The proxy forgets its cached copy of the user after
     the commit, so the new per-token limit applies from the next proxied request."""
-    from ..proxy import state as proxy_state
+    from ..proxy import cache as proxy_cache
     from ..tokens.services import after_debit
 
     if plan == FREE:
@@ -105,7 +105,7 @@ def purchase_plan(user: User, plan: str) -> dict[str, Any]:
                     "expires_at": _iso(expires), "price_znc": format_amount(price), "transaction_id": str(entry.id)})
     metrics.count(metrics.znc_revenue, price)
     db.session.commit()
-    proxy_state.forget_user(user.id)
+    proxy_cache.forget_user(user.id)
     return plan_state(locked)
 
 
@@ -114,7 +114,7 @@ def expire_plans(moment: datetime | None = None) -> int:
     once: each user is moved by a conditional UPDATE that re-checks plan and expiry (on PostgreSQL after
     waiting for the row lock of a concurrent sweep or purchase), so a plan is expired, audited and counted
     once, and a renewal committed in between is never undone."""
-    from ..proxy import state as proxy_state
+    from ..proxy import cache as proxy_cache
 
     moment = moment or now()
     due = db.session.execute(
@@ -138,13 +138,13 @@ def expire_plans(moment: datetime | None = None) -> int:
         expired.append(user_id)
     db.session.commit()
     for user_id in expired:
-        proxy_state.forget_user(user_id)
+        proxy_cache.forget_user(user_id)
     return len(expired)
 
 
 def grant_plan(user: User, plan: str, expires_at: datetime | None) -> User:
     """An operator's grant (`flask users set-plan`): no charge; `free` never expires."""
-    from ..proxy import state
+    from ..proxy import cache
 
     if plan not in PLANS:
         raise ValidationFailed({"plan": [f"Must be one of: {', '.join(PLANS)}."]})
@@ -153,5 +153,5 @@ def grant_plan(user: User, plan: str, expires_at: datetime | None) -> User:
     record("plan.granted", resource_type="user", resource_id=user.id,
            details={"plan": plan, "plan_expires_at": _iso(user.plan_expires_at)})
     db.session.commit()
-    state.forget_user(user.id)  # the proxy's per-token limit follows the plan
+    cache.forget_user(user.id)  # the proxy's per-token limit follows the plan
     return user

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from ..clock import now
 from ..database import db
 from ..notifications.outbox import emit
+from ..proxy import cache as proxy_cache
 from ..proxy import sessions as proxy_sessions
-from ..proxy import state as proxy_state
 from .models import AccessToken
 
 BATCH_SIZE = 200
@@ -69,8 +69,8 @@ def expire_tokens(moment: datetime | None = None) -> int:
             claimed.append(row)
         db.session.commit()
         for row in claimed:  # after the commit, as a revoke does; a Redis outage is absorbed there (cache dropped)
-            proxy_state.forget_token(row.token_hash)
-            proxy_state.release_holder(row.id)
+            proxy_cache.forget_token(row.token_hash)
+            proxy_cache.release_holder(row.id)
         processed += len(claimed)
         if len(candidates) < BATCH_SIZE:
             return processed

@@ -29,10 +29,10 @@ from ..database import db
 from ..errors import Conflict, RateLimited
 from ..ledger import services as ledger
 from ..notifications.email import enqueue_email, queue_email
+from ..proxy import cache as proxy_cache
 from ..proxy import sessions as proxy_sessions
-from ..proxy import state as proxy_state
-from .models import AccessToken
-from .services import get_own_token, hash_secret, hint_for, new_secret
+from .models import AccessToken, hash_secret
+from .services import get_own_token, hint_for, new_secret
 
 GIFTS_PER_WINDOW = 10
 GIFT_WINDOW = timedelta(hours=24)
@@ -111,7 +111,7 @@ def gift_token(user: User, token_id: uuid.UUID, recipient_email: str) -> dict[st
     # that read the database just before our commit. It also frees the giver's device; the new secret's
     # cache entry is left alone, so the recipient is not locked out. If Redis cannot be reached now, the proxy
     # sweep repeats this from `retired_token_hash`.
-    proxy_state.mark_secret_retired(token, old_hash)
+    proxy_cache.mark_secret_retired(token, old_hash)
     if email_id is not None:
         enqueue_email(email_id)
     return {"token_id": token.id, "recipient_email": recipient, "gifted_at": moment}

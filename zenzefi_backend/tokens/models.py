@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -14,6 +15,11 @@ SCOPES = ("full", "certificates_only")
 SOURCES = ("purchase", "bundle", "auto_renewal")
 EXPIRY_PENDING = "expires_at IS NOT NULL AND expiry_processed_at IS NULL AND revoked_at IS NULL"
 GIFTED = "gifted_at IS NOT NULL"
+
+
+def hash_secret(secret: str) -> str:
+    """What `AccessToken.token_hash` holds for a secret (the purchase, a gift, the proxy's lookup)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class AccessToken(UUIDPrimaryKey, db.Model):

@@ -1,7 +1,6 @@
 """Access tokens: purchase, listing, revoke with the pro-rata refund of what was paid."""
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from ..ledger import services as ledger
 from ..money import format_amount, round_down
 from ..notifications.outbox import emit
 from ..pagination import paginate
+from ..proxy import cache as proxy_cache
 from ..proxy import sessions as proxy_sessions
-from ..proxy import state as proxy_state
 from ..referrals import services as referrals
-from .models import AccessToken
+from .models import AccessToken, hash_secret
 from .pricing import price_for
 
 SECRET_BYTES = 48  # 48 random bytes → 64 URL-safe characters
@@ -44,10 +43,6 @@ class TokenAlreadyRevoked(Conflict):
 
 class TokenGifted(Conflict):
     message = "The token was given away as a gift; it can no longer be revoked for a refund."
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def new_secret() -> str:
@@ -199,7 +194,7 @@ def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
     proxy_sessions.end_for_token(token.id, "revoked")
     metrics.count(metrics.token_revocations)
     db.session.commit()
-    proxy_state.mark_revoked(token)  # the very next proxied request is refused
+    proxy_cache.mark_revoked(token)  # the very next proxied request is refused
     balance = db.session.scalar(sa.select(User.balance).where(User.id == user.id))
     return {
         "revoked": True,
@@ -227,5 +222,5 @@ def force_revoke(admin: User, token_id: uuid.UUID) -> AccessToken:
     proxy_sessions.end_for_token(token.id, "revoked")
     metrics.count(metrics.token_revocations)
     db.session.commit()
-    proxy_state.mark_revoked(token)  # the very next proxied request is refused
+    proxy_cache.mark_revoked(token)  # the very next proxied request is refused
     return token
