@@ -19,7 +19,6 @@ from tests.proxy.conftest import (
     ProxyEnv,
     Reply,
     assert_error,
-    away_from_minute_boundary,
     closed_port,
     flask_activity,
     flask_route_only,
@@ -162,7 +161,7 @@ def strict_env(request, make_env, monkeypatch) -> ProxyEnv:
                                  "revoked-token", "inactive-owner", "bad-path", "encoded-slash", "double-slash",
                                  "scope", "other-device", "rate-limited", "too-large", "too-large-chunked",
                                  "body-cut-short"])
-def test_every_rejection_is_the_flask_routes_answer(strict_env, row):
+def test_every_rejection_is_the_flask_routes_answer(strict_env, row, request):
     env = strict_env
     token = env.buy(scope="certificates_only")
     secret: str | None = token["token"]
@@ -191,7 +190,7 @@ def test_every_rejection_is_the_flask_routes_answer(strict_env, row):
         assert env.get(path, token=token).status_code == 200
         device = DEVICE_B
     elif row == "rate-limited":
-        away_from_minute_boundary()
+        request.getfixturevalue("fresh_rate_window")
         for _ in range(RATE_LIMIT):
             assert env.get(path, token=token).status_code == 200
     elif row == "too-large":
