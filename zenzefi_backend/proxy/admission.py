@@ -205,7 +205,6 @@ def _admit_with_redis(runtime: ProxyRuntime, token_hash: str, device_id: str, pa
     raise RedisError("the admission did not settle")  # served from the database instead
 
 
-
 # One round trip for a warm request: token, owner, path verdicts, device holder, rate limit, counters —
 # in the order SPEC §3.6 checks them. Python handles every answer other than 'ok'. First, whatever verdict
 # follows, it adds the bytes_out this process has pending (ARGV[15], [16], … as session id, count pairs).
@@ -342,7 +341,6 @@ def token_from_database(token_hash: str) -> TokenState | None:
 def user_from_database(user_id: uuid.UUID) -> UserState | None:
     user = db.session.get(User, user_id)
     return None if user is None else UserState.of(user)
-
 
 
 class _LocalRateWindow:

@@ -183,7 +183,6 @@ def _flush_pending_at_exit() -> None:
             log.warning("proxy: bytes_out counters lost at exit", exc_info=True)
 
 
-
 def _add_to_redis(client: Redis, counts: list[tuple[str, int]]) -> None:
     pipe = client.pipeline(transaction=False)
     for session_id, count in counts:
