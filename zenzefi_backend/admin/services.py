@@ -25,7 +25,6 @@ from ..proxy import sessions as proxy_sessions
 from ..proxy import state as proxy_state
 from ..proxy.models import ProxySession
 from ..tokens.models import AccessToken
-from ..tokens.services import status_condition
 
 EDITABLE_FIELDS = ("is_active", "is_superuser", "plan", "plan_expires_at")
 
@@ -64,8 +63,7 @@ def _overviews(users: list[User]) -> list[UserOverview]:
     overviews = {user.id: UserOverview(user) for user in users}
     if not overviews:
         return []
-    usable = sa.and_(AccessToken.revoked_at.is_(None),
-                     sa.or_(AccessToken.expires_at.is_(None), AccessToken.expires_at > now()))
+    usable = AccessToken.usable_at(now())  # never-activated tokens count as active here
     token_counts = db.session.execute(
         sa.select(AccessToken.user_id, sa.func.count(), sa.func.count(sa.case((usable, 1))))
         .where(AccessToken.user_id.in_(list(overviews)))
@@ -169,7 +167,7 @@ def list_tokens(*, user_id: uuid.UUID | None, status: str | None, limit: int, of
     if user_id is not None:
         statement = statement.where(AccessToken.user_id == user_id)
     if status:
-        statement = statement.where(status_condition(status, now()))
+        statement = statement.where(AccessToken.status_is(status, now()))
     return paginate(statement, limit, offset)
 
 

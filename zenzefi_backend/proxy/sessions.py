@@ -20,7 +20,7 @@ from ..clock import now
 from ..database import UTCDateTime, db
 from ..errors import TryAgainLater
 from ..notifications.outbox import emit
-from ..tokens.models import AccessToken
+from ..tokens.models import AccessToken, usable
 from .models import ProxySession
 from .state import DIRTY_SESSIONS, SESSION_KEY, redis_state, release_holder
 
@@ -259,7 +259,7 @@ def close_idle_sessions() -> int:
     ).all()
     closed = 0
     for session_id, token_id, revoked_at, expires_at, last_activity in candidates:
-        gone = revoked_at is not None or (expires_at is not None and expires_at <= moment)
+        gone = not usable(revoked_at is not None, expires_at, moment)
         if not gone:
             if last_activity > cutoff:
                 continue

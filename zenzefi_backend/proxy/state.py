@@ -32,7 +32,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from ..accounts.models import User
 from ..database import db
 from ..extensions import get_redis
-from ..tokens.models import AccessToken
+from ..tokens.models import AccessToken, usable
 from .models import ProxySession
 
 PREFIX = "zenzefi:proxy:"
@@ -193,7 +193,8 @@ class TokenState:
         return _moment(self.expires_us)
 
     def usable_at(self, moment: datetime) -> bool:
-        return not self.revoked and not (self.expires_us and _epoch_us(moment) >= self.expires_us)
+        """`AccessToken.usable_at`, for the cached copy (the ADMIT script's 'invalid' is its Lua twin)."""
+        return usable(bool(self.revoked), self.expires, moment)
 
 
 @dataclass(frozen=True)

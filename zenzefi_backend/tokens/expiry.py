@@ -30,8 +30,7 @@ BATCH_SIZE = 200
 def _pending(moment: datetime) -> sa.Select:
     return (
         sa.select(AccessToken.id)
-        .where(AccessToken.expires_at.is_not(None), AccessToken.expires_at <= moment,
-               AccessToken.expiry_processed_at.is_(None), AccessToken.revoked_at.is_(None))
+        .where(AccessToken.expired_at(moment), AccessToken.expiry_processed_at.is_(None))
         .order_by(AccessToken.expires_at)
         .limit(BATCH_SIZE)
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders no lock clause

@@ -90,8 +90,7 @@ def update_settings(user: User, enabled: bool, duration_hours: int, scope: str) 
 
 
 def _due(moment: datetime) -> tuple[sa.ColumnElement[bool], ...]:
-    return (AccessToken.activated_at.is_not(None), AccessToken.revoked_at.is_(None),
-            AccessToken.renewed_at.is_(None), AccessToken.gifted_at.is_(None), AccessToken.expires_at > moment,
+    return (AccessToken.in_use_at(moment), AccessToken.renewed_at.is_(None), AccessToken.gifted_at.is_(None),
             AccessToken.expires_at <= moment + RENEW_WITHIN)
 
 

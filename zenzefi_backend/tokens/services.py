@@ -122,24 +122,8 @@ def list_tokens(user: User, *, active_only: bool, limit: int, offset: int) -> di
         .order_by(AccessToken.created_at.desc(), AccessToken.id.desc())
     )
     if active_only:
-        statement = statement.where(
-            AccessToken.revoked_at.is_(None),
-            sa.or_(AccessToken.expires_at.is_(None), AccessToken.expires_at > now()),
-        )
+        statement = statement.where(AccessToken.usable_at(now()))
     return paginate(statement, limit, offset)
-
-
-def status_condition(status: str, moment: datetime) -> sa.ColumnElement[bool]:
-    """`AccessToken.status_at(moment) == status`, as SQL (keep the two in step)."""
-    live = AccessToken.revoked_at.is_(None)
-    activated = AccessToken.activated_at.is_not(None)
-    conditions = {
-        "revoked": AccessToken.revoked_at.is_not(None),
-        "ready": sa.and_(live, AccessToken.activated_at.is_(None)),
-        "expired": sa.and_(live, activated, AccessToken.expires_at.is_not(None), AccessToken.expires_at <= moment),
-        "active": sa.and_(live, activated, sa.or_(AccessToken.expires_at.is_(None), AccessToken.expires_at > moment)),
-    }
-    return conditions[status]
 
 
 def get_own_token(user: User, token_id: uuid.UUID, *, for_update: bool = False) -> AccessToken:
