@@ -111,9 +111,11 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
 
     from .analytics.pages import PageSecurityHeaders
     from .analytics.rollups import subscribe as write_usage_rollups
+    from .proxy.subscriptions import subscribe as follow_domain_events
 
     PageSecurityHeaders(app)  # one per app: Talisman keeps the app it was given
     write_usage_rollups()
+    follow_domain_events()  # the proxy's cache and sessions follow revokes, gifts, expiry, deactivation, plans
     http_metrics.init_app(app)
 
     from .cli import register_commands

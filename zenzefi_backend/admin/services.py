@@ -1,17 +1,20 @@
 """What superusers see and change: users with their counts, every token and session.
 
 Money moves through `ledger`, revokes through `tokens`, (de)activation through `accounts`; this module finds
-rows, applies the admin-only rules and writes the audit trail.
+rows, applies the admin-only rules and writes the audit trail. Every function here is route-facing: it owns
+its transaction and commits it (or rolls it back).
 """
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
+from .. import events
 from ..accounts import services as accounts
 from ..accounts.emails import search_form
 from ..accounts.models import User
@@ -19,10 +22,11 @@ from ..audit.services import record
 from ..clock import ensure_utc, now
 from ..database import db
 from ..errors import Conflict, NotFound, ValidationFailed
+from ..ledger import services as ledger
 from ..ledger.models import Transaction
+from ..money import format_amount
 from ..pagination import paginate
 from ..proxy import sessions as proxy_sessions
-from ..proxy import state as proxy_state
 from ..proxy.models import ProxySession
 from ..tokens.models import AccessToken
 
@@ -156,9 +160,9 @@ def update_user(admin: User, user_id: uuid.UUID, changes: dict[str, Any]) -> Use
     elif "is_active" in changed:
         accounts.reactivate_user(user, admin.id)  # commits and drops the cached user
     else:
-        db.session.commit()
         if "plan" in changed or "plan_expires_at" in changed:
-            proxy_state.forget_user(user.id)  # the proxy's rate limit follows the (effective) plan
+            events.announce(events.plan_changed, user_id=user.id)  # the proxy's rate limit follows the plan
+        db.session.commit()
     return get_user(user_id)
 
 
@@ -193,5 +197,19 @@ def end_session(admin: User, session_id: uuid.UUID) -> None:
     record("admin.session_ended", actor_id=admin.id, resource_type="proxy_session", resource_id=session.id,
            details={"user_id": str(session.user_id), "token_id": str(session.token_id),
                     "device_id": session.device_id})
+    events.announce(events.session_ended_by_admin, token_id=session.token_id)
     db.session.commit()
-    proxy_state.release_holder(session.token_id)  # the next request from any device may claim the token
+
+
+def adjust_balance(admin: User, user_id: uuid.UUID, amount: Decimal, reason: str) -> Transaction:
+    """A superuser's signed correction; never below zero (409)."""
+    if db.session.get(User, user_id) is None:
+        raise UserNotFound()
+    ledger.lock_user(user_id)
+    entry = ledger.apply(user_id, amount, "adjustment", reason, reference_type="admin", reference_id=admin.id,
+                         on_short=ledger.BalanceWouldGoNegative)
+    record("admin.balance_adjusted", actor_id=admin.id, resource_type="user", resource_id=user_id,
+           details={"amount": format_amount(amount), "reason": reason,
+                    "balance_after": format_amount(entry.balance_after)})
+    db.session.commit()
+    return entry
