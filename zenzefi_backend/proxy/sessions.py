@@ -2,6 +2,10 @@
 
 The partial unique index (one active session per token) makes the device rule atomic in PostgreSQL:
 of any number of simultaneous first requests, one insert wins and the rest see its session.
+
+`claim`, `add_bytes_out`, `flush_counters` and `close_idle_sessions` each own their transaction (they commit, and
+roll back only their own work). `end_for_token`, `end_for_user` and `end_session` are pieces: they join the
+caller's transaction and never commit (proxy/subscriptions.py and the admin's `end_session` commit).
 """
 from __future__ import annotations
 
