@@ -4,7 +4,9 @@
 (the very next proxied request must see the change), then the session rows, in a transaction of their own.
 A receiver that fails leaves the others' work in place (events.deliver); what it could not do is repaired by
 the proxy sweep: `reassert_recent_invalidations` writes the tombstones of recent revokes, gifts and deactivations
-again, and `close_idle_sessions` closes the sessions of revoked and expired tokens.
+again, and `close_idle_sessions` closes the sessions of revoked and expired tokens. A deactivated user's or a
+gift giver's session that could not be closed stays open until it is idle: the proxy refuses its requests
+meanwhile (the owner's tombstone, the retired secret), and a recipient on another device gets 409 until then.
 """
 from __future__ import annotations
 
