@@ -74,8 +74,8 @@ def _rotate(token: AccessToken, old_hash: str, secret: str, recipient: str, mome
     """The new secret and the gift mark, unless the token was used, revoked or gifted since it was read."""
     return db.session.execute(
         sa.update(AccessToken)
-        .where(AccessToken.id == token.id, AccessToken.token_hash == old_hash, AccessToken.activated_at.is_(None),
-               AccessToken.revoked_at.is_(None), AccessToken.gifted_at.is_(None))
+        .where(AccessToken.id == token.id, AccessToken.token_hash == old_hash, AccessToken.status_is("ready", moment),
+               AccessToken.gifted_at.is_(None))
         .values(token_hash=hash_secret(secret), token_hint=hint_for(secret), gifted_to_email=recipient,
                 gifted_at=moment, retired_token_hash=old_hash)
         .execution_options(synchronize_session=False)
