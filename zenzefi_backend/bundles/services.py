@@ -180,7 +180,7 @@ def purchase_bundle(user: User, bundle_id: uuid.UUID) -> dict[str, Any]:
     share = bundle.price_per_token
     issued = [build_token(user.id, bundle.duration_hours, bundle.scope, share, source="bundle", bundle_id=bundle.id,
                           purchase_transaction_id=entry.id) for _ in range(bundle.token_count)]
-    referrals.award_bonus_if_qualifying(user.id, entry)
+    referrals.award_bonus_in_transaction(user.id, entry)
     record_outcome(
         "bundle.purchased", actor_id=user.id, resource_type="bundle", resource_id=bundle.id,
         details={"bundle_name": bundle.name, "token_count": bundle.token_count,

@@ -100,7 +100,7 @@ def purchase_token_in_transaction(user_id: uuid.UUID, duration_hours: int, scope
     entry = ledger.apply(user_id, -price, "purchase", description or f"Access token {duration_hours} h ({scope})",
                          reference_type="access_token", reference_id=issued.record.id)
     issued.record.purchase_transaction_id = entry.id
-    referrals.award_bonus_if_qualifying(user_id, entry)
+    referrals.award_bonus_in_transaction(user_id, entry)
     record_outcome(
         "token.purchased", actor_id=user_id, resource_type="access_token", resource_id=issued.record.id,
         details={"duration_hours": duration_hours, "scope": scope, "paid_znc": format_amount(price)},
@@ -178,7 +178,7 @@ def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
     if refund > 0:
         ledger.apply(user.id, refund, "refund", f"Refund for revoked token {token.token_hint}",
                      reference_type="access_token", reference_id=token.id)
-        referrals.claw_back(token, refund)
+        referrals.claw_back_in_transaction(token, refund)
     _revoked(token, user.id, "token.revoked", {"refund_amount": format_amount(refund)},
              refund_amount=format_amount(refund))
     db.session.commit()
