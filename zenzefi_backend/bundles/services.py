@@ -18,7 +18,7 @@ from ..money import format_amount, quantize
 from ..referrals import services as referrals
 from ..tokens.models import AccessToken
 from ..tokens.pricing import price_for
-from ..tokens.services import build_token
+from ..tokens.services import add_token_in_transaction
 from .models import Bundle
 
 EDITABLE = ("name", "description", "token_count", "duration_hours", "scope", "discount_percent", "is_active")
@@ -178,8 +178,9 @@ def purchase_bundle(user: User, bundle_id: uuid.UUID) -> dict[str, Any]:
                          f"Bundle {bundle.name} ({bundle.token_count} × {bundle.duration_hours} h, {bundle.scope})",
                          reference_type="bundle", reference_id=bundle.id)
     share = bundle.price_per_token
-    issued = [build_token(user.id, bundle.duration_hours, bundle.scope, share, source="bundle", bundle_id=bundle.id,
-                          purchase_transaction_id=entry.id) for _ in range(bundle.token_count)]
+    issued = [add_token_in_transaction(user.id, bundle.duration_hours, bundle.scope, share, source="bundle",
+                                       bundle_id=bundle.id, purchase_transaction_id=entry.id)
+              for _ in range(bundle.token_count)]
     referrals.award_bonus_in_transaction(user.id, entry)
     record_outcome(
         "bundle.purchased", actor_id=user.id, resource_type="bundle", resource_id=bundle.id,

@@ -1,7 +1,7 @@
 """Access tokens: purchase, listing, revoke with the pro-rata refund of what was paid.
 
 `purchase_token`, `revoke_token` and `force_revoke` are route-facing: each is one transaction and commits it.
-`purchase_token_in_transaction` and `build_token` are pieces for other services' transactions (bundles,
+`purchase_token_in_transaction` and `add_token_in_transaction` are pieces for other services' transactions (bundles,
 auto-renewal): they flush at most. A revoke announces `events.token_revoked`; the proxy follows it.
 """
 from __future__ import annotations
@@ -71,8 +71,9 @@ class IssuedToken:
         return getattr(self.record, name)
 
 
-def build_token(user_id: uuid.UUID, duration_hours: int, scope: str, paid: Decimal, *, source: str = "purchase",
-                bundle_id: uuid.UUID | None = None, purchase_transaction_id: uuid.UUID | None = None) -> IssuedToken:
+def add_token_in_transaction(user_id: uuid.UUID, duration_hours: int, scope: str, paid: Decimal, *,
+                             source: str = "purchase", bundle_id: uuid.UUID | None = None,
+                             purchase_transaction_id: uuid.UUID | None = None) -> IssuedToken:
     secret = new_secret()
     token = AccessToken(
         id=uuid.uuid4(), user_id=user_id, token_hash=hash_secret(secret), token_hint=hint_for(secret),
@@ -96,7 +97,7 @@ def purchase_token_in_transaction(user_id: uuid.UUID, duration_hours: int, scope
     """A purchase in the caller's transaction: the caller holds the user's row lock (`ledger.lock_user`) and
     commits. Raises `InsufficientBalance` (the caller rolls back) when short."""
     price = price_for(duration_hours)
-    issued = build_token(user_id, duration_hours, scope, price, source=source)
+    issued = add_token_in_transaction(user_id, duration_hours, scope, price, source=source)
     entry = ledger.apply(user_id, -price, "purchase", description or f"Access token {duration_hours} h ({scope})",
                          reference_type="access_token", reference_id=issued.record.id)
     issued.record.purchase_transaction_id = entry.id
