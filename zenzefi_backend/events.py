@@ -17,9 +17,11 @@ Senders are `None`; the facts travel as keyword arguments.
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Callable
 from typing import Any
 
-from blinker import ANY, NamedSignal, Namespace
+from blinker import NamedSignal, Namespace
 
 from .database import db, when_committed
 
@@ -47,9 +49,21 @@ def announce(signal: NamedSignal, **facts: Any) -> None:
     when_committed(lambda: deliver(signal, facts))
 
 
+def receivers_of(signal: NamedSignal) -> list[Callable[..., Any]]:
+    """The receivers of `signal` in the order they were connected (blinker's `receivers_for` walks a set). Every
+    receiver here is connected for any sender: the senders are always `None`."""
+    found = []
+    for receiver in list(signal.receivers.values()):
+        if isinstance(receiver, weakref.ref):
+            receiver = receiver()
+        if receiver is not None:
+            found.append(receiver)
+    return found
+
+
 def deliver(signal: NamedSignal, facts: dict[str, Any]) -> None:
-    """Call every receiver of `signal`, each on its own (see the module docstring)."""
-    for receiver in list(signal.receivers_for(ANY)):
+    """Call every receiver of `signal` in connection order, each on its own (see the module docstring)."""
+    for receiver in receivers_of(signal):
         try:
             receiver(None, **facts)
         except Exception:
