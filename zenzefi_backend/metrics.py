@@ -71,8 +71,7 @@ def refresh_gauges() -> None:
         users, tokens, sessions = db.session.execute(sa.select(
             sa.select(sa.func.count()).select_from(User).scalar_subquery(),
             sa.select(sa.func.count()).select_from(AccessToken).where(
-                AccessToken.revoked_at.is_(None), AccessToken.activated_at.is_not(None),
-                AccessToken.expires_at > moment).scalar_subquery(),
+                AccessToken.in_use_at(moment)).scalar_subquery(),
             sa.select(sa.func.count()).select_from(ProxySession).where(ProxySession.is_active.is_(True))
             .scalar_subquery(),
         )).one()

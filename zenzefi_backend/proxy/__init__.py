@@ -19,9 +19,11 @@ Around them, one idea each:
   bytes wait per process for the next ADMIT or a timer), the flush of Redis' counters into the session rows and
   the `usage_recorded` signal analytics listens to.
 - sessions.py — the database's sessions: the device rule when Redis cannot decide, ending and closing sessions.
+- subscriptions.py — how the cache and the sessions follow what the domains announce (zenzefi_backend.events).
 - paths.py — canonical paths and the `certificates_only` scope. runtime.py — what the proxy needs of its app
   outside Flask's contexts. routes.py, schemas.py, models.py — the blueprint, its schema, the session table.
 
 Modules import downwards in this order, never back: routes → entry → admission → sessions → counters → cache →
-models (runtime sits under admission and above counters; forwarding and paths import no other proxy module).
+models (subscriptions sits above sessions, runtime under admission and above counters; forwarding and paths import
+no other proxy module).
 """

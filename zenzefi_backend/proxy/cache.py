@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from ..accounts.models import User
 from ..database import db
 from ..extensions import get_redis
-from ..tokens.models import AccessToken
+from ..tokens.models import AccessToken, usable
 from .models import ProxySession
 
 PREFIX = "zenzefi:proxy:"
@@ -115,7 +115,8 @@ class TokenState:
         return _moment(self.expires_us)
 
     def usable_at(self, moment: datetime) -> bool:
-        return not self.revoked and not (self.expires_us and epoch_us(moment) >= self.expires_us)
+        """`AccessToken.usable_at`, for the cached copy (the ADMIT script's 'invalid' is its Lua twin)."""
+        return usable(bool(self.revoked), self.expires, moment)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@
   comes, so they cost no round trip of their own. Without Redis they go straight into the session row.
 - `flush_counters` (the periodic sweep) moves the counters from Redis into the session rows and announces each
   addition (`usage_recorded`, which analytics' daily rollup receives in the same transaction).
+
+`add_bytes_out` and `flush_counters` each own their transaction: they commit, and roll back only their own work.
 """
 from __future__ import annotations
 

@@ -2,6 +2,11 @@
 
 The partial unique index (one active session per token) makes the device rule atomic in PostgreSQL:
 of any number of simultaneous first requests, one insert wins and the rest see its session.
+
+`claim` and `close_idle_sessions` each own their transaction (they commit, and roll back only their own work), as
+counters.py's `add_bytes_out` and `flush_counters` do. `end_for_token`, `end_for_user` and `end_session` are
+pieces: they join the caller's transaction and never commit (proxy/subscriptions.py and the admin's `end_session`
+commit).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from ..clock import now
 from ..database import db
 from ..errors import TryAgainLater
 from ..notifications.outbox import emit
-from ..tokens.models import AccessToken
+from ..tokens.models import AccessToken, usable
 from .cache import redis_state, release_holder
 from .counters import Usage, usage_recorded
 from .models import ProxySession
@@ -156,7 +161,7 @@ def close_idle_sessions() -> int:
     ).all()
     closed = 0
     for session_id, token_id, revoked_at, expires_at, last_activity in candidates:
-        gone = revoked_at is not None or (expires_at is not None and expires_at <= moment)
+        gone = not usable(revoked_at is not None, expires_at, moment)
         if not gone:
             if last_activity > cutoff:
                 continue
