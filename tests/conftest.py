@@ -22,7 +22,7 @@ BACKENDS: Backends = make_backends()
 # `mailbox`, `mailbox_files`, `smtp`; `browser` (headless Chromium); `fake_yookassa`; `fake_stripe` (localstripe);
 # `pgbouncer`, `database_route` for every test
 pytest_plugins = ["tests.notifications.mailbox", "tests.fixtures.browser", "tests.fixtures.fake_yookassa",
-                  "tests.fixtures.fake_stripe", "tests.fixtures.pgbouncer"]
+                  "tests.fixtures.fake_stripe", "tests.fixtures.pgbouncer", "tests.fixtures.rate_window"]
 
 
 def pytest_report_header(config):

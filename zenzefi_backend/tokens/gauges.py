@@ -9,5 +9,4 @@ from .models import AccessToken
 
 def count_tokens_in_use() -> sa.Select:
     """`active_tokens`: tokens activated, not revoked and not expired (a never-used token is not counted)."""
-    return sa.select(sa.func.count()).select_from(AccessToken).where(
-        AccessToken.revoked_at.is_(None), AccessToken.activated_at.is_not(None), AccessToken.expires_at > now())
+    return sa.select(sa.func.count()).select_from(AccessToken).where(AccessToken.in_use_at(now()))
