@@ -251,8 +251,9 @@ def flush_counters_before() -> int:
 
     from zenzefi_backend.clock import now
     from zenzefi_backend.database import db
+    from zenzefi_backend.proxy.cache import redis_state
+    from zenzefi_backend.proxy.counters import DIRTY_SESSIONS, SESSION_KEY
     from zenzefi_backend.proxy.models import ProxySession
-    from zenzefi_backend.proxy.state import DIRTY_SESSIONS, SESSION_KEY, redis_state
 
     client = redis_state.client
     flushed = 0
@@ -296,8 +297,7 @@ def measure_flush(app, args: argparse.Namespace) -> dict[str, list[float]]:
     from zenzefi_backend.clock import now
     from zenzefi_backend.database import db
     from zenzefi_backend.extensions import get_redis
-    from zenzefi_backend.proxy.sessions import flush_counters
-    from zenzefi_backend.proxy.state import DIRTY_SESSIONS, SESSION_KEY
+    from zenzefi_backend.proxy.counters import DIRTY_SESSIONS, SESSION_KEY, flush_counters
 
     with app.app_context():
         db.session.execute(sa.text("""

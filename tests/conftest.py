@@ -22,7 +22,8 @@ BACKENDS: Backends = make_backends()
 # `mailbox`, `mailbox_files`, `smtp`; `browser` (headless Chromium); `fake_yookassa`; `fake_stripe` (localstripe);
 # `pgbouncer`, `database_route` for every test; `own_postgres` (a cluster a test may restart)
 pytest_plugins = ["tests.notifications.mailbox", "tests.fixtures.browser", "tests.fixtures.fake_yookassa",
-                  "tests.fixtures.fake_stripe", "tests.fixtures.pgbouncer", "tests.fixtures.postgres_cluster"]
+                  "tests.fixtures.fake_stripe", "tests.fixtures.pgbouncer", "tests.fixtures.postgres_cluster",
+                  "tests.fixtures.rate_window"]
 
 
 def pytest_report_header(config):

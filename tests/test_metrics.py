@@ -195,3 +195,34 @@ def test_gauges_are_computed_when_metrics_are_read(app, client, accounts, buyer)
     assert value(found, "active_sessions") == 1
     assert value(found, "rq_queue_depth", queue="emails") == 3
     assert value(found, "rq_queue_depth", queue="default") == 0
+
+
+def test_a_gauge_redis_cannot_feed_keeps_its_value_and_the_counted_ones_move(client, accounts, monkeypatch):
+    accounts.register()
+    before = samples(client)
+    depth = value(before, "rq_queue_depth", queue="emails")
+
+    def redis_away() -> None:
+        raise ConnectionError("Redis is away")
+
+    monkeypatch.setattr(metrics, "_gauge_refreshers", [redis_away])
+    accounts.register()
+    after = samples(client)  # still 200
+    assert value(after, "total_users") == value(before, "total_users") + 1
+    assert value(after, "rq_queue_depth", queue="emails") == depth
+
+
+def test_when_the_counts_fail_the_counted_gauges_keep_their_value_and_the_queue_depths_move(app, client, accounts,
+                                                                                          monkeypatch):
+    accounts.register()
+    before = samples(client)
+    missing_table = sa.select(sa.func.count()).select_from(sa.table("no_such_table"))
+    monkeypatch.setattr(metrics, "_gauge_counts", {metrics.total_users: lambda: missing_table})
+    accounts.register()
+    with app.app_context():
+        emails = Queue("emails", connection=get_redis())
+        for _ in range(2):
+            emails.enqueue(print, "queued, never run")
+    after = samples(client)  # still 200
+    assert value(after, "total_users") == value(before, "total_users")
+    assert value(after, "rq_queue_depth", queue="emails") == value(before, "rq_queue_depth", queue="emails") + 2

@@ -1,4 +1,22 @@
-"""Zenzefi backend: sells time-limited access tokens for ZNC and proxies the desktop client upstream."""
+"""Zenzefi backend: sells time-limited access tokens for ZNC and proxies the desktop client upstream.
+
+One commit rule. A request (or a job, or a CLI command) is one database transaction, owned by the route-facing
+service it calls: that service commits, or rolls back when it refuses (`purchase_token`, `revoke_token`,
+`gift_token`, `purchase_plan`, `purchase_bundle`, `deactivate_user`, `admin.services.*`, the sweeps, which commit
+per batch or per row). The pieces other services combine into their own transaction say so: in their name
+(`purchase_token_in_transaction`, `add_token_in_transaction`, `award_bonus_in_transaction`) or, where a whole
+module is made of them, in that module's docstring (`ledger.services`, `audit.services`, `notifications.outbox`,
+the proxy's `sessions.end_*`). A piece adds rows and flushes at most; it never commits or rolls back its
+caller's transaction, and raises instead (the owner rolls back). Side effects outside the transaction follow
+it: metrics count and the outbox relay is nudged in `database.after_commit`; domain events (`events`) are sent
+once `commit()` has returned, and their receivers, each on its own, commit their own work
+(`database.when_committed`).
+
+Departure from shared/ARCHITECTURE.md: the transactional outbox rows and the audit rows are written in the
+changing transaction (`audit.services.record_outcome`), not by after-commit subscribers, so an event the user is
+told about and the change it describes commit together; only what lives outside PostgreSQL (the proxy's Redis
+cache) or may run in a transaction of its own (ending proxy sessions) follows the after-commit events.
+"""
 from __future__ import annotations
 
 import logging
@@ -19,7 +37,7 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
 from . import jsonbody, limit_headers  # noqa: E402
 from .config import build_config, load_env_file  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
-from .extensions import api, db, jwt, limiter, migrate, redis_connection  # noqa: E402
+from .extensions import api, db, jwt, limiter, metrics_requested, migrate, redis_connection  # noqa: E402
 from .extensions import metrics as http_metrics  # noqa: E402 - the package also has a `metrics` module
 from .openapi import SECURITY_SCHEMES  # noqa: E402
 
@@ -41,6 +59,32 @@ def _sqlite_pragmas(app: Flask) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()
+
+
+def register_api_rate_limit() -> None:
+    """The per-user API limit by plan (plans/limits.py), one application limit over every route; installed
+    before `limiter.init_app`, which completes it from the app's config."""
+    from flask_limiter import ApplicationLimit
+
+    from .plans.limits import api_rate_key, api_rate_limit, api_rate_message
+
+    limiter.limit_manager.set_application_limits([
+        ApplicationLimit(api_rate_limit, key_function=api_rate_key, scope="api", error_message=api_rate_message)
+        .bind(limiter)
+    ])
+
+
+def register_gauges() -> None:
+    """What each gauge shows, defined where its data lives, is computed when `/metrics` is read."""
+    from . import metrics
+    from .accounts.gauges import count_users
+    from .jobs.gauges import refresh_queue_gauges
+    from .proxy.gauges import count_open_sessions
+    from .tokens.gauges import count_tokens_in_use
+
+    metrics.compute_gauges_with({metrics.total_users: count_users, metrics.active_tokens: count_tokens_in_use,
+                                 metrics.active_sessions: count_open_sessions}, [refresh_queue_gauges])
+    metrics_requested.connect(metrics.refresh_gauges)
 
 
 def register_blueprints(app: Flask) -> None:
@@ -80,9 +124,9 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["zenzefi-env-file"] = env_file
     _configure_logging(app.config["LOG_LEVEL"])
 
-    from .proxy.fastpath import ProxyFastPath
+    from .proxy.entry import ProxyFastPath
 
-    # Forwarded proxy requests skip Flask (proxy/fastpath.py); inside ProxyFix, which gives them the client's address.
+    # Forwarded proxy requests skip Flask (proxy/entry.py); inside ProxyFix, which gives them the client's address.
     app.wsgi_app = ProxyFastPath(app, app.wsgi_app)
     if app.config["TRUSTED_PROXY_HOPS"] > 0:
         hops = app.config["TRUSTED_PROXY_HOPS"]
@@ -98,6 +142,7 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
     redis_connection.init_app(app)
     jwt.init_app(app)
     limit_headers.init_app(app)  # before the limiter: its after-request hook must run after the limiter's
+    register_api_rate_limit()
     limiter.init_app(app)
     api.init_app(app, spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}})
     with app.app_context():
@@ -111,9 +156,12 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
 
     from .analytics.pages import PageSecurityHeaders
     from .analytics.rollups import subscribe as write_usage_rollups
+    from .proxy.subscriptions import subscribe as follow_domain_events
 
     PageSecurityHeaders(app)  # one per app: Talisman keeps the app it was given
     write_usage_rollups()
+    follow_domain_events()  # the proxy's cache and sessions follow revokes, gifts, expiry, deactivation, plans
+    register_gauges()
     http_metrics.init_app(app)
 
     from .cli import register_commands

@@ -1,17 +1,20 @@
 """Column types and model mixins shared by every domain, and what runs after a commit."""
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
+from flask_sqlalchemy.session import Session as FlaskSession
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from .clock import ensure_utc, now
 from .extensions import db
+from .money import quantize
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -40,10 +43,10 @@ class Money(sa.types.TypeDecorator):
     def process_bind_param(self, value: Decimal | None, dialect):
         if value is None:
             return None
-        return Decimal(value).quantize(Decimal("0.01"))
+        return quantize(Decimal(value))
 
     def process_result_value(self, value, dialect):
-        return None if value is None else Decimal(str(value)).quantize(Decimal("0.01"))
+        return None if value is None else quantize(Decimal(str(value)))
 
 
 class UUIDPrimaryKey:
@@ -56,12 +59,17 @@ class Timestamps:
 
 
 _AFTER_COMMIT = "zenzefi_after_commit"
+_WHEN_COMMITTED = "zenzefi_when_committed"  # registered during the transaction
+_COMMITTED = "zenzefi_committed"  # its transaction committed; run when `commit()` returns
+
+log = logging.getLogger(__name__)
 
 
 def after_commit(action: Callable[[], None], *, once_as: str | None = None) -> None:
     """Run `action` once the session's current transaction commits (at once when none is open); a rollback, or
     a session closed without a commit, drops it. Actions registered `once_as` the same name run once per
-    transaction. They run outside any transaction, so they must not use the session."""
+    transaction. They run inside the commit, outside any transaction, so they must not use the session (see
+    `when_committed` for work that does)."""
     session = db.session()
     if not session.in_transaction():
         action()
@@ -69,10 +77,24 @@ def after_commit(action: Callable[[], None], *, once_as: str | None = None) -> N
     session.info.setdefault(_AFTER_COMMIT, {})[once_as or action] = action
 
 
+def when_committed(action: Callable[[], None]) -> None:
+    """Run `action` when the `commit()` of the session's current transaction has returned (at once when none is
+    open); a rollback drops it. Unlike `after_commit` it may use the session: its work is a new transaction,
+    which it commits itself. A failing action is logged and its own work rolled back; the committed change and
+    the other actions stand (`events.announce` sends domain events this way)."""
+    session = db.session()
+    if not session.in_transaction():
+        _run_guarded(session, action)
+        return
+    session.info.setdefault(_WHEN_COMMITTED, []).append(action)
+
+
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
     for action in session.info.pop(_AFTER_COMMIT, {}).values():
         action()
+    if _WHEN_COMMITTED in session.info:
+        session.info.setdefault(_COMMITTED, []).extend(session.info.pop(_WHEN_COMMITTED))
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -80,9 +102,34 @@ def _drop_after_rollback(session: Session, transaction: SessionTransaction) -> N
     # After a commit the actions are already gone (after_commit runs first); what is left was rolled back.
     if transaction.parent is None:
         session.info.pop(_AFTER_COMMIT, None)
+        session.info.pop(_WHEN_COMMITTED, None)
 
 
-__all__ = ["UTCDateTime", "Money", "UUIDPrimaryKey", "Timestamps", "db", "after_commit"]
+def _run_guarded(session: Session, action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception:
+        log.exception("an action after a commit failed; the committed change stands")
+        try:
+            session.rollback()
+        except Exception:
+            log.warning("cannot roll back after a failed action", exc_info=True)
+
+
+class CommitHookSession(FlaskSession):
+    """`db.session`'s class: once a commit has returned, the `when_committed` actions of that transaction run."""
+
+    def commit(self) -> None:
+        super().commit()
+        for action in self.info.pop(_COMMITTED, ()):  # taken first: an action's own commit runs its own actions
+            _run_guarded(self, action)
+
+
+# The factory is built by `extensions.db`; its session class is set here, next to the hook it serves.
+db.session.session_factory.class_ = CommitHookSession
+
+
+__all__ = ["UTCDateTime", "Money", "UUIDPrimaryKey", "Timestamps", "db", "after_commit", "when_committed"]
 
 
 PURGE_BATCH = 5000

@@ -7,9 +7,10 @@ from functools import wraps
 
 import fakeredis
 import redis
+from blinker import Namespace
 from flask import Flask, current_app, request
 from flask_jwt_extended import JWTManager
-from flask_limiter import ApplicationLimit, Limiter
+from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -34,32 +35,13 @@ jwt = JWTManager()
 api = ZenzefiApi()
 
 
-def _api_rate_limit() -> str:
-    from .plans.limits import api_rate_limit
+# Decorated limits (register, failed logins) key by IP. The per-user API limit by plan over every /api/v1 route is
+# an application limit the factory installs (plans/limits.py says who is counted and what is exempt).
+limiter = Limiter(key_func=get_remote_address, strategy="fixed-window")
 
-    return api_rate_limit()
-
-
-def _api_rate_key() -> str:
-    from .plans.limits import api_rate_key
-
-    return api_rate_key()
-
-
-def _api_rate_message() -> str:
-    from .plans.limits import api_rate_message
-
-    return api_rate_message()
-
-
-# Decorated limits (register, failed logins) key by IP; the application limit is the per-user API limit by
-# plan over every /api/v1 route (see plans/limits.py for who is counted and what is exempt).
-limiter = Limiter(
-    key_func=get_remote_address,
-    strategy="fixed-window",
-    application_limits=[ApplicationLimit(_api_rate_limit, key_function=_api_rate_key, scope="api",
-                                         error_message=_api_rate_message)],
-)
+# Sent by `/metrics` once the caller may read it, just before the exposition is rendered: the factory connects
+# what computes the gauges (metrics.refresh_gauges).
+metrics_requested = Namespace().signal("metrics-requested")
 
 
 def _metrics_guard(view):
@@ -71,9 +53,7 @@ def _metrics_guard(view):
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
                 return error_response(401, "A valid metrics token is required.")
-        from .metrics import refresh_gauges
-
-        refresh_gauges()  # the business gauges are computed now, just before the exposition is rendered
+        metrics_requested.send(current_app._get_current_object())
         return view(*args, **kwargs)
 
     return guarded

@@ -5,16 +5,21 @@ at scrape time, so `/metrics` is right whichever worker answers.
 
 Business counters move only when the change they count is committed: services call `count(...)` inside
 their DB transaction and the increment waits for that transaction's commit (a rolled-back purchase is never
-counted). The gauges are computed from the database and Redis just before `/metrics` renders
-(`refresh_gauges`, called by the `/metrics` view); each worker writes what it computed, and in multiprocess
-mode the most recent value wins (`livemostrecent`), so every worker reports the same figure.
+counted). The gauges are computed from the database and Redis just before `/metrics` renders: the view sends
+`metrics_requested`, the factory connects `refresh_gauges` to it, which runs what the factory listed
+(`compute_gauges_with`), each defined in the package that holds its data. Each worker writes what it computed,
+and in multiprocess mode the most recent value wins (`livemostrecent`), so every worker reports the same figure.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
+import sqlalchemy as sa
 from prometheus_client import Counter, Gauge, Histogram
+
+from .database import after_commit, db
 
 log = logging.getLogger(__name__)
 
@@ -42,52 +47,45 @@ total_users = Gauge("total_users", "Registered users", multiprocess_mode="livemo
 rq_queue_depth = Gauge("rq_queue_depth", "Jobs waiting in each RQ queue", ["queue"],
                        multiprocess_mode="livemostrecent")
 
+
 def count(counter: Counter, amount: int | Decimal = 1, **labels: str) -> None:
     """Increment `counter` once the session's current transaction commits (at once when none is open).
 
     A rollback, or a session closed without a commit, drops the increment.
     """
-    from .database import after_commit
-
     target = counter.labels(**labels) if labels else counter
     after_commit(lambda: target.inc(float(amount)))
 
 
-def refresh_gauges() -> None:
-    """Compute the gauges now (cheap COUNTs and Redis LLENs). A dependency that is down leaves its gauges as
-    they were; `/metrics` still answers."""
-    import sqlalchemy as sa
+# What each gauge shows, defined next to its data (accounts, tokens, proxy, jobs); the factory lists them.
+_gauge_counts: dict[Gauge, Callable[[], sa.Select]] = {}
+_gauge_refreshers: list[Callable[[], None]] = []
 
-    from .accounts.models import User
-    from .clock import now
-    from .database import db
-    from .extensions import get_redis
-    from .jobs.queues import QUEUE_NAMES
-    from .proxy.models import ProxySession
-    from .tokens.models import AccessToken
 
-    moment = now()
-    try:
-        users, tokens, sessions = db.session.execute(sa.select(
-            sa.select(sa.func.count()).select_from(User).scalar_subquery(),
-            sa.select(sa.func.count()).select_from(AccessToken).where(
-                AccessToken.revoked_at.is_(None), AccessToken.activated_at.is_not(None),
-                AccessToken.expires_at > moment).scalar_subquery(),
-            sa.select(sa.func.count()).select_from(ProxySession).where(ProxySession.is_active.is_(True))
-            .scalar_subquery(),
-        )).one()
-        total_users.set(users)
-        active_tokens.set(tokens)
-        active_sessions.set(sessions)
-    except Exception:
-        log.warning("metrics: cannot count users, tokens and sessions", exc_info=True)
-    finally:
-        db.session.rollback()
-    try:
-        client = get_redis()
-        from rq import Queue
+def compute_gauges_with(counts: Mapping[Gauge, Callable[[], sa.Select]],
+                        refreshers: Sequence[Callable[[], None]] = ()) -> None:
+    """What `refresh_gauges` computes: `counts` are one-row SELECTs of a number, run together in one round trip;
+    each of `refreshers` sets some gauges from elsewhere (Redis)."""
+    _gauge_counts.clear()
+    _gauge_counts.update(counts)
+    _gauge_refreshers[:] = refreshers
 
-        for name in QUEUE_NAMES:
-            rq_queue_depth.labels(queue=name).set(Queue(name, connection=client).count)
-    except Exception:
-        log.warning("metrics: cannot read the RQ queue depths", exc_info=True)
+
+def refresh_gauges(*_sender: object, **_extra: object) -> None:
+    """Compute the gauges now. A dependency that is down leaves the gauges it feeds as they were; `/metrics`
+    still answers."""
+    counts = dict(_gauge_counts)
+    if counts:
+        try:
+            figures = db.session.execute(sa.select(*(count().scalar_subquery() for count in counts.values()))).one()
+            for gauge, figure in zip(counts, figures, strict=True):
+                gauge.set(figure)
+        except Exception:
+            log.warning("metrics: cannot count the database gauges", exc_info=True)
+        finally:
+            db.session.rollback()
+    for refresh in list(_gauge_refreshers):
+        try:
+            refresh()
+        except Exception:
+            log.warning("metrics: %s failed; its gauges keep their last value", refresh.__qualname__, exc_info=True)

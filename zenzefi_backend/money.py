@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
+import sqlalchemy as sa
+
 from .jsonbody import JsonFloat
 
 CENT = Decimal("0.01")
@@ -54,9 +56,20 @@ def quantize(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
 
 
+def quantized_in_sql(expression: sa.ColumnElement[Decimal]) -> sa.ColumnElement[Decimal]:
+    """An SQL sum of amounts back to cents: ROUND keeps SQLite (which stores NUMERIC as REAL) exact to the cent;
+    PostgreSQL numeric is exact anyway, so a sum of cents needs no tie-breaking there."""
+    return sa.func.round(expression, 2)
+
+
 def round_down(amount: Decimal) -> Decimal:
     """Refunds, shares and clawbacks: never round in the customer's or referrer's favour."""
     return amount.quantize(CENT, rounding=ROUND_DOWN)
+
+
+def has_at_most_decimals(amount: Decimal, decimals: int) -> bool:
+    """Whether `amount` is exact in a currency with `decimals` places (JPY has none, USD two)."""
+    return amount == amount.quantize(Decimal(1).scaleb(-decimals))
 
 
 def format_amount(amount: Decimal) -> str:

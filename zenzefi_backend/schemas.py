@@ -60,7 +60,3 @@ class MoneyField(fields.Field):
             return parse_amount(value, allow_negative=self.allow_negative)
         except InvalidAmount as exc:
             raise ValidationError(str(exc)) from None
-
-
-class MessageSchema(BaseSchema):
-    message = fields.String(required=True)

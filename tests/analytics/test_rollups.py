@@ -20,8 +20,8 @@ from zenzefi_backend.analytics import rollups
 from zenzefi_backend.analytics.models import ClosedDay, LastActive, LedgerDay, UsageDay
 from zenzefi_backend.extensions import db
 from zenzefi_backend.ledger.models import Transaction
+from zenzefi_backend.proxy.counters import flush_counters
 from zenzefi_backend.proxy.models import ProxySession
-from zenzefi_backend.proxy.sessions import flush_counters
 
 from .helpers import forget_cached_figures, global_figures, usage
 from .scenario import at

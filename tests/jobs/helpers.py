@@ -15,9 +15,9 @@ from flask import Flask
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db, get_redis
 from zenzefi_backend.notifications.models import OutboxEvent
+from zenzefi_backend.proxy.cache import HOLDER_KEY, TOKEN_KEY
 from zenzefi_backend.proxy.models import ProxySession
-from zenzefi_backend.proxy.state import HOLDER_KEY, TOKEN_KEY, hash_secret
-from zenzefi_backend.tokens.models import AccessToken
+from zenzefi_backend.tokens.models import AccessToken, hash_secret
 
 
 def buy_tokens(client, accounts, count: int) -> list[dict[str, Any]]:

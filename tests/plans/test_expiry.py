@@ -10,7 +10,7 @@ from zenzefi_backend.extensions import get_redis
 from zenzefi_backend.jobs.plans import expire_plans_job
 from zenzefi_backend.jobs.schedule import SCHEDULE, by_name
 from zenzefi_backend.plans.services import expire_plans
-from zenzefi_backend.proxy.state import USER_KEY
+from zenzefi_backend.proxy.cache import USER_KEY
 
 from .helpers import MY_PLAN, audits, buy, set_plan, stored_user
 

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import get_redis
-from zenzefi_backend.proxy.state import USER_KEY
+from zenzefi_backend.proxy.cache import USER_KEY
 
 from .helpers import MY_PLAN, PLANS, audits, balance, buy, parse_time, plan_entries, set_plan
 

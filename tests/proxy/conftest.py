@@ -418,7 +418,7 @@ class ProxyEnv:
         runtime_of(self.app).bytes_out.flush_now()
 
     def flush_counters(self) -> int:
-        from zenzefi_backend.proxy.sessions import flush_counters
+        from zenzefi_backend.proxy.counters import flush_counters
 
         with self.ctx():
             return flush_counters()
@@ -433,7 +433,7 @@ class ProxyEnv:
 @pytest.fixture(autouse=True)
 def fresh_redis_state(monkeypatch) -> None:
     """The Redis pause after a failure is per process; a test never inherits the previous test's outage."""
-    from zenzefi_backend.proxy import state
+    from zenzefi_backend.proxy import cache as state
 
     monkeypatch.setattr(state.redis_state, "_down_until", 0.0)
 
@@ -560,7 +560,7 @@ def flask_activity(env: ProxyEnv) -> Iterator[dict[str, int]]:
 @contextlib.contextmanager
 def flask_route_only(env: ProxyEnv) -> Iterator[None]:
     """Take the fast path out, as if it were not installed: everything goes through Flask's route."""
-    from zenzefi_backend.proxy.fastpath import ProxyFastPath
+    from zenzefi_backend.proxy.entry import ProxyFastPath
 
     fast_path = env.app.wsgi_app
     assert isinstance(fast_path, ProxyFastPath)
@@ -573,7 +573,7 @@ def flask_route_only(env: ProxyEnv) -> Iterator[None]:
 
 def use_database_only(monkeypatch) -> None:
     """Make this process treat Redis as unreachable, so every check runs against the database."""
-    from zenzefi_backend.proxy import state
+    from zenzefi_backend.proxy import cache as state
 
     monkeypatch.setattr(state.redis_state, "_down_until", float("inf"))
 

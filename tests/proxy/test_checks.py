@@ -14,7 +14,6 @@ from tests.proxy.conftest import (
     DEVICE_B,
     ProxyEnv,
     assert_error,
-    away_from_minute_boundary,
     use_database_only,
 )
 from zenzefi_backend import clock
@@ -143,8 +142,7 @@ def test_another_device_is_409_with_retry_after(env, token):
                    environ_base={"REMOTE_ADDR": "203.0.113.99"}).status_code == 200
 
 
-def test_rate_limit_is_429_with_retry_after(env, token):
-    away_from_minute_boundary()
+def test_rate_limit_is_429_with_retry_after(env, token, fresh_rate_window):
     for _ in range(RATE_LIMIT):
         assert env.get("certificates/filter", token=token).status_code == 200
     env.upstream.clear()
@@ -155,6 +153,17 @@ def test_rate_limit_is_429_with_retry_after(env, token):
     other = env.buy(token["user"])
     assert env.get("certificates/filter", token=other, device=DEVICE_B).status_code == 200
 
+
+
+def test_the_rate_window_is_a_minute_of_the_movable_clock(env, token, fresh_rate_window):
+    for _ in range(RATE_LIMIT):
+        assert env.get("certificates/filter", token=token).status_code == 200
+    env.upstream.clear()
+    rejected(env, env.get("certificates/filter", token=token), 429)
+    with clock.travel(timedelta(seconds=30)):  # still the same minute
+        rejected(env, env.get("certificates/filter", token=token), 429)
+    with clock.travel(timedelta(minutes=1)):  # the next one
+        assert env.get("certificates/filter", token=token).status_code == 200
 
 # --- pairs of failures: the earlier check wins ---------------------------------------------------
 
@@ -208,8 +217,7 @@ def test_wrong_scope_before_other_device(env):
     rejected(env, env.get("admin", token=token, device=DEVICE_B), 403, "scope")
 
 
-def test_other_device_before_rate_limit(env, token):
-    away_from_minute_boundary()
+def test_other_device_before_rate_limit(env, token, fresh_rate_window):
     for _ in range(RATE_LIMIT):
         assert env.get("certificates/filter", token=token).status_code == 200
     env.upstream.clear()
@@ -217,8 +225,7 @@ def test_other_device_before_rate_limit(env, token):
     rejected(env, env.get("certificates/filter", token=token, device=DEVICE_B), 409)
 
 
-def test_bad_path_and_scope_before_rate_limit(env):
-    away_from_minute_boundary()
+def test_bad_path_and_scope_before_rate_limit(env, fresh_rate_window):
     token = env.buy(scope="certificates_only")
     for _ in range(RATE_LIMIT):
         assert env.get("certificates/filter", token=token).status_code == 200

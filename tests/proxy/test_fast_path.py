@@ -1,4 +1,4 @@
-"""The WSGI fast path (proxy/fastpath.py): forwarded requests are served without Flask's machinery, everything
+"""The WSGI fast path (proxy/entry.py): forwarded requests are served without Flask's machinery, everything
 else still goes through Flask, and the answers — rejections included — are the same bytes the Flask route gives.
 Also: one Redis round trip per warm request, and how response bytes reach the session counters without one."""
 from __future__ import annotations
@@ -19,13 +19,12 @@ from tests.proxy.conftest import (
     ProxyEnv,
     Reply,
     assert_error,
-    away_from_minute_boundary,
     closed_port,
     flask_activity,
     flask_route_only,
     use_database_only,
 )
-from zenzefi_backend.proxy import state
+from zenzefi_backend.proxy import admission, cache, counters
 from zenzefi_backend.proxy.runtime import runtime_of
 
 RATE_LIMIT = 3
@@ -162,7 +161,7 @@ def strict_env(request, make_env, monkeypatch) -> ProxyEnv:
                                  "revoked-token", "inactive-owner", "bad-path", "encoded-slash", "double-slash",
                                  "scope", "other-device", "rate-limited", "too-large", "too-large-chunked",
                                  "body-cut-short"])
-def test_every_rejection_is_the_flask_routes_answer(strict_env, row):
+def test_every_rejection_is_the_flask_routes_answer(strict_env, row, request):
     env = strict_env
     token = env.buy(scope="certificates_only")
     secret: str | None = token["token"]
@@ -191,7 +190,7 @@ def test_every_rejection_is_the_flask_routes_answer(strict_env, row):
         assert env.get(path, token=token).status_code == 200
         device = DEVICE_B
     elif row == "rate-limited":
-        away_from_minute_boundary()
+        request.getfixturevalue("fresh_rate_window")
         for _ in range(RATE_LIMIT):
             assert env.get(path, token=token).status_code == 200
     elif row == "too-large":
@@ -242,12 +241,10 @@ def test_forwarded_answers_are_the_flask_routes_answer(env, token, upstream):
 
 
 def test_an_unexpected_error_is_a_json_500_as_in_flask(env, token, monkeypatch):
-    from zenzefi_backend.proxy import services
-
     def broken(*_args, **_kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(services, "admit", broken)
+    monkeypatch.setattr(admission, "admit", broken)
     fast, flask = _both_ways(env, lambda: env.get("certificates/filter", token=token))
     assert fast[0] == 500 and fast[2]["message"] == "Internal server error."
     _same_answer(fast, flask)
@@ -258,7 +255,7 @@ def test_an_unexpected_error_is_a_json_500_as_in_flask(env, token, monkeypatch):
 
 def _session_counters(env: ProxyEnv, token: dict) -> dict[str, int]:
     (session,) = env.sessions(token)
-    raw = runtime_of(env.app).redis.hgetall(state.SESSION_KEY + str(session.id))
+    raw = runtime_of(env.app).redis.hgetall(counters.SESSION_KEY + str(session.id))
     return {key.decode(): int(value) for key, value in raw.items() if key != b"last_activity"}
 
 
@@ -270,14 +267,14 @@ def test_a_warm_request_is_one_redis_round_trip_on_the_threads_own_connection(en
     taken: list[str] = []
     original = pool.get_connection
     monkeypatch.setattr(pool, "get_connection", lambda *args, **kwargs: taken.append("taken") or original())
-    own = state.own_connection(runtime_of(env.app).redis)
+    own = admission.own_connection(runtime_of(env.app).redis)
     with redis_round_trips(env, monkeypatch) as sent:
         for _ in range(5):
             assert env.get("blob", token=token).status_code == 200
             assert env.call("POST", "blob", token=token, data=b"u" * 10).status_code == 200
     assert len(sent) == 10
     assert taken == []  # no checkout, no release: the thread's own connection
-    assert state.own_connection(runtime_of(env.app).redis) is own
+    assert admission.own_connection(runtime_of(env.app).redis) is own
 
 
 def test_after_a_failed_admit_the_next_connection_comes_through_the_pool(env, token, monkeypatch):
@@ -288,20 +285,20 @@ def test_after_a_failed_admit_the_next_connection_comes_through_the_pool(env, to
     client = runtime_of(env.app).redis
     pool = client.connection_pool
     assert env.get("certificates/filter", token=token).status_code == 200
-    own = state.own_connection(client)
+    own = admission.own_connection(client)
 
     def primary_gone(*args, **kwargs):
         raise RedisConnectionError("the primary went away")
 
     monkeypatch.setattr(own, "send_command", primary_gone)
     with pytest.raises(RedisConnectionError):
-        state._evalsha(client, [state.TOKEN_KEY + "0" * 64])
+        admission._evalsha(client, [cache.TOKEN_KEY + "0" * 64])
     monkeypatch.delattr(own, "send_command")
     assert own in pool._available_connections  # given back, closed
     taken: list[str] = []
     original = pool.get_connection
     monkeypatch.setattr(pool, "get_connection", lambda *args, **kwargs: taken.append("taken") or original())
-    state.own_connection(client)
+    admission.own_connection(client)
     assert taken == ["taken"]
 
 
@@ -315,26 +312,26 @@ def test_the_threads_own_redis_connection_goes_back_when_the_client_changes_and_
 
     client = runtime_of(env.app).redis
     assert env.get("certificates/filter", token=token).status_code == 200
-    own = state.own_connection(client)
+    own = admission.own_connection(client)
     with pytest.raises(RedisConnectionError):
-        state.own_connection(dead_redis())  # no connection to be had: the thread keeps the one it has
-    assert state.own_connection(client) is own
+        admission.own_connection(dead_redis())  # no connection to be had: the thread keeps the one it has
+    assert admission.own_connection(client) is own
     pool = client.connection_pool
     other = Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs))
-    assert state.own_connection(other) is not own
+    assert admission.own_connection(other) is not own
     assert own in pool._available_connections  # given back to its pool, not leaked
-    mine = state.own_connection(client)
+    mine = admission.own_connection(client)
     assert env.get("certificates/filter", token=token).status_code == 200
-    assert state.own_connection(client) is mine
+    assert admission.own_connection(client) is mine
     pid = os.fork()
     if pid == 0:  # the child: exits 0 only when it got a connection of its own
         try:
-            os._exit(0 if state.own_connection(client) is not mine else 1)
+            os._exit(0 if admission.own_connection(client) is not mine else 1)
         except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert state.own_connection(client) is mine
+    assert admission.own_connection(client) is mine
     assert env.get("certificates/filter", token=token).status_code == 200
 
 
@@ -355,7 +352,7 @@ def test_response_bytes_ride_on_the_next_admission(env, token, upstream):
 
 
 def test_without_further_requests_a_timer_sends_the_bytes_within_its_bound(env, token, upstream, monkeypatch):
-    monkeypatch.setattr(state, "BYTES_OUT_FLUSH_SECONDS", 0.2)
+    monkeypatch.setattr(counters, "BYTES_OUT_FLUSH_SECONDS", 0.2)
     upstream.reply("/last", Reply(body=b"l" * 4321))
     assert env.get("last", token=token).status_code == 200
     deadline = time.monotonic() + 5
@@ -379,18 +376,18 @@ def test_bytes_given_back_when_the_admission_fails_are_not_lost(env, token, upst
 
     upstream.reply("/last", Reply(body=b"g" * 321))
     assert env.get("last", token=token).status_code == 200
-    real_admit = state.redis_state.admit
+    real_admit = admission.run_admit
     carried: list[list] = []
 
     def failing_admit(*args, **kwargs):
         carried.append(kwargs["bytes_out"])
         raise RedisConnectionError("down for one call")
 
-    monkeypatch.setattr(state.redis_state, "admit", failing_admit)
+    monkeypatch.setattr(admission, "run_admit", failing_admit)
     assert env.get("certificates/filter", token=token).status_code == 200  # served from the database
     assert carried == [[(str(env.sessions(token)[0].id), 321)]]
-    monkeypatch.setattr(state.redis_state, "admit", real_admit)
-    monkeypatch.setattr(state.redis_state, "_down_until", 0.0)
+    monkeypatch.setattr(admission, "run_admit", real_admit)
+    monkeypatch.setattr(cache.redis_state, "_down_until", 0.0)
     env.send_pending_bytes_out()
     env.flush_counters()
     (session,) = env.sessions(token)

@@ -332,30 +332,30 @@ def test_an_https_upstream_is_verified_as_requests_verifies_it(make_env, untrust
 def test_path_verdicts_are_remembered_within_bounds(env, token, monkeypatch):
     """A path's verdict is judged once, and the same as judged afresh; paths are judged before the token is, so
     what anybody sends can fill the cache only so far: long paths are not kept, and a full cache starts over."""
-    from zenzefi_backend.proxy import paths, services
+    from zenzefi_backend.proxy import admission, paths
 
     judged: list[str] = []
-    original = services.canonical
+    original = admission.canonical
 
     def counting(subpath: str) -> str:
         judged.append(subpath)
         return original(subpath)
 
-    monkeypatch.setattr(services, "canonical", counting)
-    monkeypatch.setattr(services, "_VERDICTS", {})
-    monkeypatch.setattr(services, "_VERDICTS_MAX", 8)
+    monkeypatch.setattr(admission, "canonical", counting)
+    monkeypatch.setattr(admission, "_VERDICTS", {})
+    monkeypatch.setattr(admission, "_VERDICTS_MAX", 8)
     for _ in range(3):
         assert env.get("certificates/filter", token=token).status_code == 200
         assert_error(env.get("a/%2e%2e/b", token=token), 400)
     assert judged == ["certificates/filter", "a/%2e%2e/b"]
-    long_path = "x" * (services._VERDICT_PATH_LENGTH + 1)
+    long_path = "x" * (admission._VERDICT_PATH_LENGTH + 1)
     for _ in range(2):
         assert env.get(long_path, token=token).status_code == 200
-    assert judged.count(long_path) == 2 and long_path not in services._VERDICTS
+    assert judged.count(long_path) == 2 and long_path not in admission._VERDICTS
     for index in range(20):
         assert_error(env.get(f"p{index}", token="u" * 64), 401)  # an unknown token: its path is judged first
-    assert len(services._VERDICTS) <= 8
-    for subpath, verdict in services._VERDICTS.items():
+    assert len(admission._VERDICTS) <= 8
+    for subpath, verdict in admission._VERDICTS.items():
         try:
             fresh = (True, paths.allowed_for_certificates_only(paths.canonical(subpath)))
         except paths.NotCanonical:
@@ -364,17 +364,17 @@ def test_path_verdicts_are_remembered_within_bounds(env, token, monkeypatch):
 
 
 def test_cached_token_states_are_parsed_once_within_bounds(monkeypatch):
-    from zenzefi_backend.proxy import state
+    from zenzefi_backend.proxy import cache
 
-    monkeypatch.setattr(state, "_PARSED", {})
-    monkeypatch.setattr(state, "_PARSED_MAX", 4)
-    token = state.TokenState("t", "u", "full", 1, 0, 0, 0)
+    monkeypatch.setattr(cache, "_PARSED", {})
+    monkeypatch.setattr(cache, "_PARSED_MAX", 4)
+    token = cache.TokenState("t", "u", "full", 1, 0, 0, 0)
     raw = token.dumps()
-    assert state.TokenState.cached(raw) == token and state.TokenState.cached(raw) is state.TokenState.cached(raw)
-    assert state.UserState.cached('{"active":1,"plan":"free"}') == state.UserState(1, "free")
+    assert cache.TokenState.cached(raw) == token and cache.TokenState.cached(raw) is cache.TokenState.cached(raw)
+    assert cache.UserState.cached('{"active":1,"plan":"free"}') == cache.UserState(1, "free")
     for index in range(10):
-        assert state.TokenState.cached(state.TokenState(f"t{index}", "u", "full", 1, 0, 0, 0).dumps()).id == f"t{index}"
-    assert len(state._PARSED) <= 4
+        assert cache.TokenState.cached(cache.TokenState(f"t{index}", "u", "full", 1, 0, 0, 0).dumps()).id == f"t{index}"
+    assert len(cache._PARSED) <= 4
 
 
 def test_field_name_caches_keep_only_short_names(env, token, upstream, monkeypatch):

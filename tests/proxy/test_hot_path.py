@@ -23,7 +23,8 @@ from tests.proxy.conftest import (
 )
 from tests.support import REAL_SERVICES_REASON, dead_redis
 from zenzefi_backend.clock import ensure_utc, now
-from zenzefi_backend.proxy import services, state
+from zenzefi_backend.proxy import admission, cache
+from zenzefi_backend.tokens.models import hash_secret
 
 # --- no SQL once warm -----------------------------------------------------------------------------
 
@@ -85,8 +86,8 @@ def test_token_entries_cached_in_milliseconds_by_the_previous_version_are_still_
                        "activated_at": int(row.activated_at.timestamp() * 1000),
                        "expires_at": int(expires.timestamp() * 1000), "revoked": 0}
     with env.ctx():
-        state.redis_state.client.set(state.TOKEN_KEY + state.hash_secret(token["token"]),
-                                     json.dumps(previous_format), ex=state.TOKEN_TTL_SECONDS)
+        cache.redis_state.client.set(cache.TOKEN_KEY + hash_secret(token["token"]),
+                                     json.dumps(previous_format), ex=cache.TOKEN_TTL_SECONDS)
     with env.count_sql() as statements:
         if expired:  # the cached entry decides, as it would have in the previous version
             assert_error(env.get("certificates/filter", token=token), 401)
@@ -106,8 +107,8 @@ def test_a_revoke_racing_a_cache_fill_still_wins(env, token, monkeypatch):
     then X writes what it read into the cache. Every request after the revoke answered must be 401."""
     assert env.get("certificates/filter", token=token).status_code == 200  # activated, cached
     with env.ctx():  # the cached entry's TTL ran out: the next request fills the cache again
-        state.redis_state.client.delete(state.TOKEN_KEY + state.hash_secret(token["token"]))
-    read_from_database = services.token_from_database
+        cache.redis_state.client.delete(cache.TOKEN_KEY + hash_secret(token["token"]))
+    read_from_database = admission.token_from_database
     revoked = []
 
     def read_then_revoke(token_hash):
@@ -117,10 +118,10 @@ def test_a_revoke_racing_a_cache_fill_still_wins(env, token, monkeypatch):
             revoked.append(nested.delete(f"/api/v1/tokens/{token['id']}", headers=token["user"]["headers"]).status_code)
         return found
 
-    monkeypatch.setattr(services, "token_from_database", read_then_revoke)
+    monkeypatch.setattr(admission, "token_from_database", read_then_revoke)
     env.get("certificates/filter", token=token)  # concurrent with the revoke: either answer is fine
     assert revoked == [200]
-    monkeypatch.setattr(services, "token_from_database", read_from_database)
+    monkeypatch.setattr(admission, "token_from_database", read_from_database)
     assert_error(env.get("certificates/filter", token=token), 401)
 
 
@@ -147,10 +148,10 @@ def test_a_secret_retired_by_a_gift_during_a_redis_blip_is_refused_by_every_work
     assert env.gift(token).status_code == 200  # the database is the truth; only the cache writes failed
     monkeypatch.setitem(env.app.extensions, redis_connection.extension_key, alive)
     # Now another worker, which never saw Redis fail and so has no reason to distrust the cache.
-    monkeypatch.setattr(state.redis_state, "_stale", False)
-    monkeypatch.setattr(state.redis_state, "_down_until", 0.0)
+    monkeypatch.setattr(cache.redis_state, "_stale", False)
+    monkeypatch.setattr(cache.redis_state, "_down_until", 0.0)
     with env.ctx():
-        assert state.redis_state.cached_token(state.hash_secret(token["token"])) is not None
+        assert cache.redis_state.cached_token(hash_secret(token["token"])) is not None
 
     with env.ctx():
         swept = sweep_proxy_sessions()
@@ -189,7 +190,7 @@ def relayed_env(make_env, backends, redis_relay) -> ProxyEnv:
 
 
 def wait_for_redis_retry() -> None:
-    time.sleep(state.REDIS_RETRY_SECONDS + 0.2)
+    time.sleep(cache.REDIS_RETRY_SECONDS + 0.2)
 
 
 def timed(call):

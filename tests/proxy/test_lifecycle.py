@@ -346,10 +346,10 @@ def test_close_idle_sessions_leaves_busy_sessions_alone(env, token):
 
 
 def _holder_in_redis(env, token) -> bool:
-    from zenzefi_backend.proxy import state
+    from zenzefi_backend.proxy import cache
 
     with env.ctx():
-        return state.redis_state.holder_exists(uuid.UUID(token["id"]))
+        return cache.redis_state.holder_exists(uuid.UUID(token["id"]))
 
 
 def test_revoke_is_401_on_the_very_next_request_and_frees_the_device(env, token):

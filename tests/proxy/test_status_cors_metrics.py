@@ -132,12 +132,12 @@ def test_once_the_holder_is_idle_another_device_can_use_it(make_env, via):
 
 def test_with_redis_up_but_no_holder_cached_the_database_decides_as_a_request_would(env, token):
     """After a Redis restart the holder is only in the database: status and the next request agree."""
-    from zenzefi_backend.proxy import state
+    from zenzefi_backend.proxy import cache
 
     assert env.get("certificates/filter", token=token, device=DEVICE_A).status_code == 200
     env.flush_counters()
     with env.ctx():
-        state.redis_state.client.delete(state.HOLDER_KEY + token["id"])
+        cache.redis_state.client.delete(cache.HOLDER_KEY + token["id"])
     body = device_status(env, token, DEVICE_B).get_json()
     assert body["device_can_use"] is False and body["held_by_other_device"] is True
     assert 1 <= body["retry_after_seconds"] <= 300

@@ -19,8 +19,8 @@ from zenzefi_backend.ledger import services as ledger
 from zenzefi_backend.ledger.models import Transaction
 from zenzefi_backend.notifications.email import SEAL_PURPOSE
 from zenzefi_backend.notifications.models import EmailMessage
+from zenzefi_backend.proxy.cache import redis_state
 from zenzefi_backend.proxy.models import ProxySession
-from zenzefi_backend.proxy.state import redis_state
 from zenzefi_backend.sealing import unseal
 from zenzefi_backend.tokens.models import AccessToken
 

@@ -7,9 +7,11 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
+from ..clock import now
 from ..database import Money, Timestamps, UTCDateTime, UUIDPrimaryKey, db
 
-PLANS = ("free", "premium", "enterprise")
+FREE = "free"
+PLANS = (FREE, "premium", "enterprise")
 
 
 class User(UUIDPrimaryKey, Timestamps, db.Model):
@@ -35,6 +37,18 @@ class User(UUIDPrimaryKey, Timestamps, db.Model):
     low_balance_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Bumped by a password change: every JWT carrying an older generation stops working.
     jwt_generation: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+
+    def plan_at(self, moment: datetime) -> str:
+        """The plan that applies at `moment`: a paid plan past its expiry is already free."""
+        expires = self.plan_expires_at
+        if self.plan != FREE and expires is not None and expires <= moment:
+            return FREE
+        return self.plan
+
+    @property
+    def effective_plan(self) -> str:
+        """The plan that applies now."""
+        return self.plan_at(now())
 
 
 class RevokedJwt(db.Model):

@@ -14,7 +14,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt.exceptions import PyJWTError
 from sqlalchemy.exc import IntegrityError
 
-from .. import metrics
+from .. import events, metrics
 from ..audit.services import record
 from ..database import db
 from ..errors import Conflict, InvalidCredentials, Unauthorized, ValidationFailed
@@ -169,27 +169,23 @@ def change_password(user: User, current_password: str, new_password: str) -> Non
 
 
 def deactivate_user(user: User, actor_id: uuid.UUID | None = None) -> User:
-    """Locked out everywhere at once: JWTs (checked per request), access tokens and proxy sessions."""
-    from ..proxy import sessions, state
-
+    """Locked out everywhere at once: JWTs (checked per request), access tokens and proxy sessions (the proxy
+    follows `events.user_deactivated`)."""
     user.is_active = False
-    sessions.end_for_user(user.id, "deactivated")
     record("user.deactivated", actor_id=actor_id, resource_type="user", resource_id=user.id)
+    events.announce(events.user_deactivated, user=user)
     db.session.commit()
-    state.mark_inactive(user)
     return user
 
 
 def reactivate_user(user: User, actor_id: uuid.UUID | None = None) -> User:
     """Let a deactivated user back in. JWTs issued before the deactivation stay dead (a new generation):
     the user signs in again. Their access tokens work again from the next request."""
-    from ..proxy import state
-
     user.is_active = True
     user.jwt_generation += 1
     record("user.reactivated", actor_id=actor_id, resource_type="user", resource_id=user.id)
+    events.announce(events.user_reactivated, user_id=user.id)  # the proxy drops the deactivation's tombstone
     db.session.commit()
-    state.forget_user(user.id)  # drop the deactivation's tombstone
     return user
 
 

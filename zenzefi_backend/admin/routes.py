@@ -91,7 +91,7 @@ class BalanceAdjustments(MethodView):
     @errors(401, 403, 404, 409, 422)
     def post(self, body, user_id: uuid.UUID):
         """Credit or debit a user's balance (an `adjustment` entry); never below zero (409)"""
-        return ledger.adjust(current_user, user_id, body["amount"], body["reason"])
+        return services.adjust_balance(current_user, user_id, body["amount"], body["reason"])
 
 
 @blp.route("/tokens")

@@ -1,17 +1,20 @@
 """What superusers see and change: users with their counts, every token and session.
 
 Money moves through `ledger`, revokes through `tokens`, (de)activation through `accounts`; this module finds
-rows, applies the admin-only rules and writes the audit trail.
+rows, applies the admin-only rules and writes the audit trail. Every function here is route-facing: it owns
+its transaction and commits it (or rolls it back).
 """
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
+from .. import events
 from ..accounts import services as accounts
 from ..accounts.emails import search_form
 from ..accounts.models import User
@@ -19,13 +22,14 @@ from ..audit.services import record
 from ..clock import ensure_utc, now
 from ..database import db
 from ..errors import Conflict, NotFound, ValidationFailed
+from ..ledger import services as ledger
 from ..ledger.models import Transaction
+from ..money import format_amount
 from ..pagination import paginate
 from ..proxy import sessions as proxy_sessions
-from ..proxy import state as proxy_state
 from ..proxy.models import ProxySession
+from ..record_views import RecordView
 from ..tokens.models import AccessToken
-from ..tokens.services import status_condition
 
 EDITABLE_FIELDS = ("is_active", "is_superuser", "plan", "plan_expires_at")
 
@@ -47,16 +51,13 @@ class CannotDeactivateYourself(Conflict):
 
 
 @dataclass
-class UserOverview:
+class UserOverview(RecordView):
     """A user with the counts superusers see next to them."""
 
-    user: User
+    record: User
     token_count: int = 0
     active_token_count: int = 0
     transaction_count: int = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.user, name)
 
 
 def _overviews(users: list[User]) -> list[UserOverview]:
@@ -64,8 +65,7 @@ def _overviews(users: list[User]) -> list[UserOverview]:
     overviews = {user.id: UserOverview(user) for user in users}
     if not overviews:
         return []
-    usable = sa.and_(AccessToken.revoked_at.is_(None),
-                     sa.or_(AccessToken.expires_at.is_(None), AccessToken.expires_at > now()))
+    usable = AccessToken.usable_at(now())  # never-activated tokens count as active here
     token_counts = db.session.execute(
         sa.select(AccessToken.user_id, sa.func.count(), sa.func.count(sa.case((usable, 1))))
         .where(AccessToken.user_id.in_(list(overviews)))
@@ -158,9 +158,9 @@ def update_user(admin: User, user_id: uuid.UUID, changes: dict[str, Any]) -> Use
     elif "is_active" in changed:
         accounts.reactivate_user(user, admin.id)  # commits and drops the cached user
     else:
-        db.session.commit()
         if "plan" in changed or "plan_expires_at" in changed:
-            proxy_state.forget_user(user.id)  # the proxy's rate limit follows the (effective) plan
+            events.announce(events.plan_changed, user_id=user.id)  # the proxy's rate limit follows the plan
+        db.session.commit()
     return get_user(user_id)
 
 
@@ -169,7 +169,7 @@ def list_tokens(*, user_id: uuid.UUID | None, status: str | None, limit: int, of
     if user_id is not None:
         statement = statement.where(AccessToken.user_id == user_id)
     if status:
-        statement = statement.where(status_condition(status, now()))
+        statement = statement.where(AccessToken.status_is(status, now()))
     return paginate(statement, limit, offset)
 
 
@@ -195,5 +195,19 @@ def end_session(admin: User, session_id: uuid.UUID) -> None:
     record("admin.session_ended", actor_id=admin.id, resource_type="proxy_session", resource_id=session.id,
            details={"user_id": str(session.user_id), "token_id": str(session.token_id),
                     "device_id": session.device_id})
+    events.announce(events.session_ended_by_admin, token_id=session.token_id)
     db.session.commit()
-    proxy_state.release_holder(session.token_id)  # the next request from any device may claim the token
+
+
+def adjust_balance(admin: User, user_id: uuid.UUID, amount: Decimal, reason: str) -> Transaction:
+    """A superuser's signed correction; never below zero (409)."""
+    if db.session.get(User, user_id) is None:
+        raise UserNotFound()
+    ledger.lock_user(user_id)
+    entry = ledger.apply(user_id, amount, "adjustment", reason, reference_type="admin", reference_id=admin.id,
+                         on_short=ledger.BalanceWouldGoNegative)
+    record("admin.balance_adjusted", actor_id=admin.id, resource_type="user", resource_id=user_id,
+           details={"amount": format_amount(amount), "reason": reason,
+                    "balance_after": format_amount(entry.balance_after)})
+    db.session.commit()
+    return entry

@@ -1,6 +1,6 @@
 """Writing the daily rollups. Nothing here runs on the warm proxy path.
 
-Proxy usage: the proxy announces every addition to a session row (`proxy.sessions.usage_recorded`) inside the DB
+Proxy usage: the proxy announces every addition to a session row (`proxy.counters.usage_recorded`) inside the DB
 transaction that makes it — the periodic counter flush, which moves a batch of sessions' counters out of Redis
 exactly once (an atomic take; the second of two overlapping flushes finds nothing); a session opened; and,
 while Redis is down, each request and response. The same numbers are added here to the users' rows of that UTC
@@ -29,7 +29,7 @@ from ..accounts.models import User
 from ..clock import now
 from ..database import db
 from ..ledger.models import Transaction
-from ..proxy.sessions import Usage, usage_recorded
+from ..proxy.counters import Usage, usage_recorded
 from .expressions import day_end, day_start, upsert_for, utc_date
 from .models import ClosedDay, LastActive, LedgerDay, UsageDay
 

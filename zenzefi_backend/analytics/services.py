@@ -21,7 +21,6 @@ from ..ledger.models import Transaction
 from ..money import quantize
 from ..proxy.models import ProxySession
 from ..tokens.models import AccessToken
-from ..tokens.services import status_condition
 from .expressions import day_end, day_start, seconds_between, utc_date
 from .models import ClosedDay, LastActive, LedgerDay, UsageDay
 from .rollups import ledger_totals, new_users_by_day, usage_totals
@@ -75,7 +74,7 @@ def user_usage(user_id: uuid.UUID, window: Window) -> dict[str, Any]:
         .group_by(entry_day)
     )}
     moment = now()
-    usable = sa.or_(status_condition("ready", moment), status_condition("active", moment))
+    usable = sa.or_(AccessToken.status_is("ready", moment), AccessToken.status_is("active", moment))
     active_tokens, active_sessions, average_seconds = db.session.execute(sa.select(
         sa.select(sa.func.count()).select_from(AccessToken)
         .where(AccessToken.user_id == user_id, usable).scalar_subquery(),

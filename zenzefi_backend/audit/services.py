@@ -1,15 +1,19 @@
 """The audit writer: rows join the caller's transaction, so they commit (or roll back) with the change.
-Also the audit trail as superusers read it, and its retention."""
+`record_outcome` writes one business outcome every way it is told (audit row, outbox events, metrics) in one
+call. Also the audit trail as superusers read it, and its retention."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from flask import has_request_context, request
 
+from .. import metrics
 from ..database import db, purge_in_batches
+from ..notifications.outbox import emit
 from ..pagination import paginate
 from .models import AuditLog
 
@@ -33,6 +37,26 @@ def record(
         entry.ip_address = request.remote_addr
         entry.user_agent = (request.user_agent.string or "")[:512] or None
     db.session.add(entry)
+    return entry
+
+
+def record_outcome(
+    action: str,
+    *,
+    actor_id: uuid.UUID | None,
+    resource_type: str,
+    resource_id: object,
+    details: dict[str, Any],
+    events: Iterable[tuple[str, uuid.UUID | None, dict[str, Any]]] = (),
+    counts: Iterable[tuple[Any, int | Any, dict[str, str]]] = (),
+) -> AuditLog:
+    """What happened, in the caller's transaction: the outbox `events` (event type, user id, payload), the audit
+    row, and the metric `counts` (counter, amount, labels), which count when the transaction commits."""
+    for event_type, user_id, payload in events:
+        emit(event_type, user_id, **payload)
+    entry = record(action, actor_id=actor_id, resource_type=resource_type, resource_id=resource_id, details=details)
+    for counter, amount, labels in counts:
+        metrics.count(counter, amount, **labels)
     return entry
 
 

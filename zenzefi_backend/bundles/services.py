@@ -10,16 +10,15 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import metrics
 from ..accounts.models import User
-from ..audit.services import record
+from ..audit.services import record, record_outcome
 from ..database import db
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..ledger import services as ledger
 from ..money import format_amount, quantize
-from ..notifications.outbox import emit
 from ..referrals import services as referrals
 from ..tokens.models import AccessToken
 from ..tokens.pricing import price_for
-from ..tokens.services import after_debit, build_token
+from ..tokens.services import add_token_in_transaction
 from .models import Bundle
 
 EDITABLE = ("name", "description", "token_count", "duration_hours", "scope", "discount_percent", "is_active")
@@ -179,22 +178,24 @@ def purchase_bundle(user: User, bundle_id: uuid.UUID) -> dict[str, Any]:
                          f"Bundle {bundle.name} ({bundle.token_count} × {bundle.duration_hours} h, {bundle.scope})",
                          reference_type="bundle", reference_id=bundle.id)
     share = bundle.price_per_token
-    issued = [build_token(user.id, bundle.duration_hours, bundle.scope, share, source="bundle", bundle_id=bundle.id,
-                          purchase_transaction_id=entry.id) for _ in range(bundle.token_count)]
-    referrals.award_bonus_if_qualifying(user.id, entry)
-    for token in issued:
-        emit("token.purchased", user.id, token_id=str(token.id), duration_hours=bundle.duration_hours,
-             scope=bundle.scope, paid_znc=format_amount(share), source="bundle", bundle_id=str(bundle.id))
-    after_debit(user.id, entry)
-    record("bundle.purchased", actor_id=user.id, resource_type="bundle", resource_id=bundle.id,
-           details={"bundle_name": bundle.name, "token_count": bundle.token_count,
-                    "cost_znc": format_amount(bundle.total_price), "paid_per_token": format_amount(share),
-                    "transaction_id": str(entry.id)})
+    issued = [add_token_in_transaction(user.id, bundle.duration_hours, bundle.scope, share, source="bundle",
+                                       bundle_id=bundle.id, purchase_transaction_id=entry.id)
+              for _ in range(bundle.token_count)]
+    referrals.award_bonus_in_transaction(user.id, entry)
+    record_outcome(
+        "bundle.purchased", actor_id=user.id, resource_type="bundle", resource_id=bundle.id,
+        details={"bundle_name": bundle.name, "token_count": bundle.token_count,
+                 "cost_znc": format_amount(bundle.total_price), "paid_per_token": format_amount(share),
+                 "transaction_id": str(entry.id)},
+        events=[("token.purchased", user.id, {"token_id": str(token.id), "duration_hours": bundle.duration_hours,
+                                              "scope": bundle.scope, "paid_znc": format_amount(share),
+                                              "source": "bundle", "bundle_id": str(bundle.id)})
+                for token in issued],
+        counts=[(metrics.token_purchases, bundle.token_count, {"duration_hours": str(bundle.duration_hours)}),
+                (metrics.znc_revenue, bundle.total_price, {})])
     result = {"bundle_id": bundle.id, "bundle_name": bundle.name, "tokens_generated": len(issued),
               "cost_znc": bundle.total_price, "new_balance": entry.balance_after, "tokens": issued}
     purchase_id = entry.id
-    metrics.count(metrics.token_purchases, bundle.token_count, duration_hours=str(bundle.duration_hours))
-    metrics.count(metrics.znc_revenue, bundle.total_price)
     db.session.commit()
     # The commit expired every token; reload them in one query rather than one query per token.
     db.session.scalars(sa.select(AccessToken).where(AccessToken.purchase_transaction_id == purchase_id)).all()

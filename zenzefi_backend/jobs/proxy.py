@@ -6,8 +6,9 @@ from datetime import timedelta
 
 from ..analytics.rollups import close_days
 from ..clock import now
-from ..proxy.sessions import close_idle_sessions, flush_counters
-from ..proxy.state import reassert_recent_invalidations
+from ..proxy.cache import reassert_recent_invalidations
+from ..proxy.counters import flush_counters
+from ..proxy.sessions import close_idle_sessions
 
 # Longer than the sweep interval, so every revoke is re-asserted at least once after it happened.
 REASSERT_WINDOW = timedelta(minutes=10)

@@ -2,7 +2,9 @@
 
 Every change is one conditional `UPDATE … RETURNING` (atomic on PostgreSQL and SQLite alike: no
 read-then-write window, never below zero) plus its `transactions` row, in the caller's DB transaction.
-The caller commits; nothing here commits.
+Everything here is a piece of someone else's transaction: the caller commits (or rolls back); nothing here
+commits or rolls back. (The superuser's balance correction, which commits, is `admin.services.adjust_balance`.)
+A debit that takes the balance below the low-balance threshold writes `balance.low` here, whoever debits.
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..accounts.models import User
-from ..audit.services import record
 from ..database import db
-from ..errors import Conflict, NotFound, PaymentRequired
-from ..money import format_amount, quantize
+from ..errors import Conflict, PaymentRequired
+from ..money import format_amount, quantize, quantized_in_sql
+from ..notifications.outbox import emit
 from ..pagination import paginate
 from .models import TRANSACTION_TYPES, Transaction
 
@@ -62,15 +64,14 @@ def apply(
     reference_id: object | None = None,
     on_short: type[Exception] | None = None,
 ) -> Transaction:
-    """Add a signed `amount` to the balance and record it. A debit that would go below zero raises
-    `InsufficientBalance` (or `on_short`) and changes nothing."""
+    """Add a signed `amount` to the balance and record it (and `balance.low` when a debit crosses the threshold).
+    A debit that would go below zero raises `InsufficientBalance` (or `on_short`) and changes nothing."""
     if transaction_type not in TRANSACTION_TYPES:
         raise ValueError(f"unknown transaction type {transaction_type!r}")
     amount = quantize(Decimal(amount))
     if amount == 0:
         raise ValueError("a ledger entry moves money")
-    # ROUND keeps SQLite (which stores NUMERIC as REAL) exact to the cent; PostgreSQL numeric is exact anyway.
-    new_balance = sa.func.round(User.balance + amount, 2)
+    new_balance = quantized_in_sql(User.balance + amount)
     balance_after = db.session.scalar(
         sa.update(User)
         .where(User.id == user_id, new_balance >= 0, new_balance <= MAX_BALANCE)
@@ -98,6 +99,8 @@ def apply(
     if user is not None:
         db.session.expire(user, ["balance"])
     db.session.flush()
+    if crossed_below_low_balance(entry):
+        emit("balance.low", user_id, balance=format_amount(entry.balance_after))
     return entry
 
 
@@ -115,20 +118,6 @@ def transactions_of(user_id: uuid.UUID | None, transaction_type: str | None, lim
     if transaction_type:
         statement = statement.where(Transaction.transaction_type == transaction_type)
     return paginate(statement, limit, offset)
-
-
-def adjust(admin: User, user_id: uuid.UUID, amount: Decimal, reason: str) -> Transaction:
-    """A superuser's signed correction; never below zero (409)."""
-    if db.session.get(User, user_id) is None:
-        raise NotFound("User not found.")
-    lock_user(user_id)
-    entry = apply(user_id, amount, "adjustment", reason, reference_type="admin", reference_id=admin.id,
-                  on_short=BalanceWouldGoNegative)
-    record("admin.balance_adjusted", actor_id=admin.id, resource_type="user", resource_id=user_id,
-           details={"amount": format_amount(amount), "reason": reason,
-                    "balance_after": format_amount(entry.balance_after)})
-    db.session.commit()
-    return entry
 
 
 def verify() -> dict[str, Any]:

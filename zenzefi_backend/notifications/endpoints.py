@@ -18,6 +18,7 @@ from ..clock import now
 from ..database import db
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..pagination import paginate
+from ..record_views import RecordView
 from ..sealing import seal
 from . import ssrf
 from .models import TEST_EVENT, WebhookDelivery, WebhookEndpoint
@@ -48,14 +49,11 @@ class EndpointDisabled(Conflict):
 
 
 @dataclass
-class CreatedEndpoint:
+class CreatedEndpoint(RecordView):
     """A new endpoint together with its signing secret, which exists only in the create response."""
 
     record: WebhookEndpoint
     secret: str
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.record, name)
 
 
 def new_secret() -> str:

@@ -27,8 +27,7 @@ def _candidates(moment: datetime) -> sa.Select:
     return (
         sa.select(AccessToken, User)
         .join(User, User.id == AccessToken.user_id)
-        .where(AccessToken.activated_at.is_not(None), AccessToken.revoked_at.is_(None),
-               AccessToken.expires_at > moment, AccessToken.expires_at <= moment + REMIND_WITHIN,
+        .where(AccessToken.in_use_at(moment), AccessToken.expires_at <= moment + REMIND_WITHIN,
                AccessToken.expiry_reminded_at.is_(None), AccessToken.gifted_at.is_(None), User.is_active.is_(True),
                AccessToken.user_id.not_in(renewing))
         .order_by(AccessToken.expires_at)

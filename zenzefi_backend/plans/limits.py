@@ -26,8 +26,9 @@ from flask_limiter.util import get_remote_address
 from jwt.exceptions import PyJWTError
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..accounts.models import FREE
 from ..database import db
-from .services import api_limit_of, effective_plan
+from .services import api_limit_of
 
 API_PREFIX = "/api/v1/"
 # The proxy has its own per-token limit (counted in its Redis round trip); the payment provider must never
@@ -66,9 +67,9 @@ def rate_subject() -> RateSubject:
         for name, value in saved.items():
             setattr(g, name, value)
     if user is None:  # counted by address, at the free plan's limit
-        subject = RateSubject(f"ip:{get_remote_address()}", "free", False)
+        subject = RateSubject(f"ip:{get_remote_address()}", FREE, False)
     else:
-        subject = RateSubject(f"user:{user.id}", effective_plan(user), bool(user.is_superuser))
+        subject = RateSubject(f"user:{user.id}", user.effective_plan, bool(user.is_superuser))
     setattr(g, _SUBJECT, subject)
     return subject
 

@@ -9,6 +9,9 @@ Rules where SPEC §3.8 is silent:
 - A paid plan without an expiry (granted by an operator) cannot be renewed by buying it (409).
 - A plan past its expiry counts as free at once (limits, plan state), even before the hourly sweep has
   written `free` into the user row.
+
+`purchase_plan`, `expire_plans` and `grant_plan` each commit their own transaction and announce
+`events.plan_changed` (the proxy's per-token rate limit follows it).
 """
 from __future__ import annotations
 
@@ -20,16 +23,15 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 
-from .. import metrics
-from ..accounts.models import PLANS, User
-from ..audit.services import record
+from .. import events, metrics
+from ..accounts.models import FREE, PLANS, User
+from ..audit.services import record, record_outcome
 from ..clock import now
 from ..database import db
 from ..errors import Conflict, ValidationFailed
 from ..ledger import services as ledger
 from ..money import format_amount, quantize
 
-FREE = "free"
 PAID_PLANS = tuple(plan for plan in PLANS if plan != FREE)
 PERIOD_DAYS = 30
 PERIOD = timedelta(days=PERIOD_DAYS)
@@ -59,16 +61,8 @@ def catalogue() -> list[dict[str, Any]]:
              "period_days": PERIOD_DAYS} for plan in PLANS]
 
 
-def effective_plan(user: User, moment: datetime | None = None) -> str:
-    """The plan that applies now: a paid plan past its expiry is already free."""
-    expires = user.plan_expires_at
-    if user.plan != FREE and expires is not None and expires <= (moment or now()):
-        return FREE
-    return user.plan
-
-
 def plan_state(user: User, moment: datetime | None = None) -> dict[str, Any]:
-    plan = effective_plan(user, moment)
+    plan = user.plan_at(moment or now())
     return {"plan": plan, "plan_expires_at": None if plan == FREE else user.plan_expires_at,
             "api_requests_per_minute": api_limit_of(plan), "proxy_requests_per_minute": proxy_limit_of(plan)}
 
@@ -81,16 +75,13 @@ def purchase_plan(user: User, plan: str) -> dict[str, Any]:
     """One DB transaction under the user's row lock: the `plan` ledger entry (402 when short, nothing
     changes), the new plan and expiry, the audit entry. The proxy forgets its cached copy of the user after
     the commit, so the new per-token limit applies from the next proxied request."""
-    from ..proxy import state as proxy_state
-    from ..tokens.services import after_debit
-
     if plan == FREE:
         raise ValidationFailed({"plan": ["The free plan cannot be bought; a paid plan falls back to it when it "
                                          "expires."]})
     price = price_of(plan)
     moment = now()
     locked = ledger.lock_user(user.id)
-    previous_plan, previous_expiry = effective_plan(locked, moment), locked.plan_expires_at
+    previous_plan, previous_expiry = locked.plan_at(moment), locked.plan_expires_at
     if locked.plan == plan and previous_expiry is None:
         raise PlanDoesNotExpire()
     renewal = previous_plan == plan
@@ -98,14 +89,14 @@ def purchase_plan(user: User, plan: str) -> dict[str, Any]:
     entry = ledger.apply(user.id, -price, "plan", f"Plan {plan}, {PERIOD_DAYS} days to {expires:%Y-%m-%d %H:%M} UTC",
                          reference_type="plan", reference_id=plan)
     locked.plan, locked.plan_expires_at = plan, expires
-    after_debit(user.id, entry)
-    record("plan.changed", actor_id=user.id, resource_type="user", resource_id=user.id,
-           details={"from": previous_plan, "to": plan, "renewal": renewal,
-                    "previous_expires_at": _iso(previous_expiry) if previous_plan != FREE else None,
-                    "expires_at": _iso(expires), "price_znc": format_amount(price), "transaction_id": str(entry.id)})
-    metrics.count(metrics.znc_revenue, price)
+    record_outcome("plan.changed", actor_id=user.id, resource_type="user", resource_id=user.id,
+                   details={"from": previous_plan, "to": plan, "renewal": renewal,
+                            "previous_expires_at": _iso(previous_expiry) if previous_plan != FREE else None,
+                            "expires_at": _iso(expires), "price_znc": format_amount(price),
+                            "transaction_id": str(entry.id)},
+                   counts=[(metrics.znc_revenue, price, {})])
+    events.announce(events.plan_changed, user_id=user.id)
     db.session.commit()
-    proxy_state.forget_user(user.id)
     return plan_state(locked)
 
 
@@ -114,8 +105,6 @@ def expire_plans(moment: datetime | None = None) -> int:
     once: each user is moved by a conditional UPDATE that re-checks plan and expiry (on PostgreSQL after
     waiting for the row lock of a concurrent sweep or purchase), so a plan is expired, audited and counted
     once, and a renewal committed in between is never undone."""
-    from ..proxy import state as proxy_state
-
     moment = moment or now()
     due = db.session.execute(
         sa.select(User.id, User.plan, User.plan_expires_at)
@@ -135,23 +124,20 @@ def expire_plans(moment: datetime | None = None) -> int:
             continue
         record("plan.expired", actor_id=user_id, resource_type="user", resource_id=user_id,
                details={"from": plan, "to": FREE, "expired_at": _iso(expires_at)})
+        events.announce(events.plan_changed, user_id=user_id)
         expired.append(user_id)
     db.session.commit()
-    for user_id in expired:
-        proxy_state.forget_user(user_id)
     return len(expired)
 
 
 def grant_plan(user: User, plan: str, expires_at: datetime | None) -> User:
     """An operator's grant (`flask users set-plan`): no charge; `free` never expires."""
-    from ..proxy import state
-
     if plan not in PLANS:
         raise ValidationFailed({"plan": [f"Must be one of: {', '.join(PLANS)}."]})
     user.plan = plan
     user.plan_expires_at = None if plan == FREE else expires_at
     record("plan.granted", resource_type="user", resource_id=user.id,
            details={"plan": plan, "plan_expires_at": _iso(user.plan_expires_at)})
+    events.announce(events.plan_changed, user_id=user.id)  # the proxy's per-token limit follows the plan
     db.session.commit()
-    state.forget_user(user.id)  # the proxy's per-token limit follows the plan
     return user

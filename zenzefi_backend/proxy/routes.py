@@ -4,10 +4,10 @@ from __future__ import annotations
 from flask import current_app, request
 
 from ..extensions import limiter
-from ..metrics import proxy_requests
 from ..openapi import ACCESS_TOKEN, Blueprint, errors
-from . import services
-from .passage import forward_request
+from .admission import DEVICE_ID_PATTERN, status_of
+from .counters import count_request
+from .entry import FORWARDED_METHODS, forward_request
 from .runtime import runtime_of
 from .schemas import ProxyStatusSchema
 
@@ -15,15 +15,14 @@ blp = Blueprint("proxy", __name__, url_prefix="/api/v1/proxy",
                 description="The desktop client's traffic, checked and forwarded to the Zenzefi server.")
 limiter.exempt(blp)  # the proxy has its own per-token limit, counted in the same Redis round trip
 
-FORWARDED_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 DEVICE_HEADER = {"name": "X-Device-ID", "in": "header", "required": True,
-                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{8,255}$"},
+                 "schema": {"type": "string", "pattern": f"^{DEVICE_ID_PATTERN}$"},
                  "description": "Hardware fingerprint of the client device (20 hex characters from the client)."}
 
 
 @blp.after_request
 def count(response):
-    proxy_requests.labels(request.method, str(response.status_code)).inc()
+    count_request(request.method, response.status_code)
     return response
 
 
@@ -37,7 +36,7 @@ def count(response):
 def status():
     """Is this access token usable (and, with X-Device-ID, by this device now)? Never starts the token's clock and
     never claims the device"""
-    return services.status_of(request.headers.get("X-Access-Token"), request.headers.get("X-Device-ID"))
+    return status_of(request.headers.get("X-Access-Token"), request.headers.get("X-Device-ID"))
 
 
 @blp.route("", methods=FORWARDED_METHODS, defaults={"subpath": ""}, endpoint="forward_root", merge_slashes=False)
@@ -54,5 +53,5 @@ def forward(subpath: str):
     starts with the first request the upstream answers. Redirects are passed back, never followed.
     """
     # Reached only by requests with an `Origin` (CORS is Flask's) or when the fast path is not installed:
-    # fastpath.py serves the others with the same forward_request.
+    # entry.py's fast path serves the others with the same forward_request.
     return forward_request(runtime_of(current_app._get_current_object()), request.environ).response()

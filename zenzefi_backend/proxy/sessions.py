@@ -2,47 +2,33 @@
 
 The partial unique index (one active session per token) makes the device rule atomic in PostgreSQL:
 of any number of simultaneous first requests, one insert wins and the rest see its session.
+
+`claim` and `close_idle_sessions` each own their transaction (they commit, and roll back only their own work), as
+counters.py's `add_bytes_out` and `flush_counters` do. `end_for_token`, `end_for_user` and `end_session` are
+pieces: they join the caller's transaction and never commit (proxy/subscriptions.py and the admin's `end_session`
+commit).
 """
 from __future__ import annotations
 
 import math
 import uuid
 from datetime import datetime, timedelta
-from typing import NamedTuple
 
 import sqlalchemy as sa
-from blinker import Namespace
 from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
 from ..clock import now
-from ..database import UTCDateTime, db
+from ..database import db
 from ..errors import TryAgainLater
 from ..notifications.outbox import emit
-from ..tokens.models import AccessToken
+from ..tokens.models import AccessToken, usable
+from .cache import redis_state, release_holder
+from .counters import Usage, usage_recorded
 from .models import ProxySession
-from .state import DIRTY_SESSIONS, SESSION_KEY, redis_state, release_holder
 
 CLAIM_ATTEMPTS = 3
-FLUSH_BATCH = 100  # sessions whose counters one flush transaction moves
-
-
-class Usage(NamedTuple):
-    """What was just added to a session row: by whom, when, how much."""
-
-    user_id: uuid.UUID
-    moment: datetime
-    requests: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    sessions: int = 0
-
-
-# Sent with `usages=[Usage, …]` inside the DB transaction that adds them to session rows (a session opened, the
-# counter flush, the no-Redis path); receivers write in that same transaction, so what they derive (analytics'
-# daily rollup) commits or rolls back with the rows.
-usage_recorded = Namespace().signal("proxy.usage-recorded")
 
 
 def wait_seconds(remaining_seconds: float, idle_seconds: int) -> int:
@@ -139,16 +125,6 @@ def claim(token_id: uuid.UUID, user_id: uuid.UUID, device_id: str, ip_address: s
     raise DeviceInUse(idle.total_seconds())
 
 
-def add_bytes_out(session_id: uuid.UUID, count: int) -> None:
-    """The no-Redis path: count the response bytes straight into the session row."""
-    user_id = db.session.scalar(sa.update(ProxySession).where(ProxySession.id == session_id)
-                                .values(bytes_out=ProxySession.bytes_out + count).returning(ProxySession.user_id)
-                                .execution_options(synchronize_session=False))
-    if user_id is not None:
-        usage_recorded.send(None, usages=[Usage(user_id, now(), bytes_out=count)])
-    db.session.commit()
-
-
 def end_for_token(token_id: uuid.UUID, reason: str) -> None:
     """Close the token's active session (revoke, expiry). Joins the caller's transaction."""
     active = _active_session(token_id)
@@ -173,80 +149,6 @@ def end_session(session_id: uuid.UUID, reason: str) -> ProxySession | None:
     return session
 
 
-def flush_counters() -> int:
-    """Move the request and byte counters from Redis into the session rows, FLUSH_BATCH sessions per DB
-    transaction. Safe on several workers: each batch of counters is taken out of Redis atomically, so it is
-    added exactly once (and given back to Redis if the database refuses it)."""
-    client = redis_state.client
-    flushed = 0
-    while True:
-        session_ids = sorted(raw.decode() for raw in client.spop(DIRTY_SESSIONS, FLUSH_BATCH) or [])
-        if not session_ids:
-            return flushed
-        pipe = client.pipeline(transaction=True)
-        for session_id in session_ids:
-            pipe.hgetall(SESSION_KEY + session_id)
-            pipe.delete(SESSION_KEY + session_id)
-        replies = pipe.execute()
-        taken = {session_id: {key.decode(): int(value) for key, value in counters.items()}
-                 for session_id, counters in zip(session_ids, replies[::2], strict=True) if counters}
-        if not taken:
-            continue
-        try:
-            _add_counters(taken)
-        except Exception:
-            _give_back(taken)
-            raise
-        flushed += len(taken)
-
-
-_SESSIONS = ProxySession.__table__
-# One statement for the whole batch (executemany): counters added, last_activity only ever moved forward.
-_ADD_COUNTERS = (
-    sa.update(_SESSIONS).where(_SESSIONS.c.id == sa.bindparam("session_id"))
-    .values(request_count=_SESSIONS.c.request_count + sa.bindparam("add_requests"),
-            bytes_in=_SESSIONS.c.bytes_in + sa.bindparam("add_bytes_in"),
-            bytes_out=_SESSIONS.c.bytes_out + sa.bindparam("add_bytes_out"),
-            last_activity=sa.case((_SESSIONS.c.last_activity < sa.bindparam("seen", type_=UTCDateTime),
-                                   sa.bindparam("seen", type_=UTCDateTime)), else_=_SESSIONS.c.last_activity))
-)
-
-
-def _add_counters(taken: dict[str, dict[str, int]]) -> None:
-    """One transaction: the rows in session-id order (the same lock order on every worker), then the usage."""
-    moment = now()
-    rows = []
-    for session_id, values in taken.items():
-        seen = values.get("last_activity")
-        rows.append({"session_id": uuid.UUID(session_id), "add_requests": values.get("requests", 0),
-                     "add_bytes_in": values.get("bytes_in", 0), "add_bytes_out": values.get("bytes_out", 0),
-                     "seen": datetime.fromtimestamp(seen / 1000, moment.tzinfo) if seen else None})
-    db.session.execute(_ADD_COUNTERS, rows)
-    owners = dict(db.session.execute(sa.select(ProxySession.id, ProxySession.user_id)
-                                     .where(ProxySession.id.in_([row["session_id"] for row in rows]))).all())
-    # Counted on the day of the last request of the batch (responses' bytes alone: the day of the flush).
-    usage_recorded.send(None, usages=[
-        Usage(owners[row["session_id"]], row["seen"] or moment, row["add_requests"], row["add_bytes_in"],
-              row["add_bytes_out"])
-        for row in rows if row["session_id"] in owners
-    ])
-    db.session.commit()
-
-
-def _give_back(taken: dict[str, dict[str, int]]) -> None:
-    """The database refused the counters: put them back for the next flush."""
-    db.session.rollback()
-    pipe = redis_state.client.pipeline(transaction=True)
-    for session_id, values in taken.items():
-        for field, value in values.items():
-            if field == "last_activity":
-                pipe.hset(SESSION_KEY + session_id, field, value)
-            else:
-                pipe.hincrby(SESSION_KEY + session_id, field, value)
-        pipe.sadd(DIRTY_SESSIONS, session_id)
-    pipe.execute()
-
-
 def close_idle_sessions() -> int:
     """Close sessions nobody used for SESSION_IDLE_SECONDS, and those of revoked or expired tokens."""
     moment = now()
@@ -259,7 +161,7 @@ def close_idle_sessions() -> int:
     ).all()
     closed = 0
     for session_id, token_id, revoked_at, expires_at, last_activity in candidates:
-        gone = revoked_at is not None or (expires_at is not None and expires_at <= moment)
+        gone = not usable(revoked_at is not None, expires_at, moment)
         if not gone:
             if last_activity > cutoff:
                 continue

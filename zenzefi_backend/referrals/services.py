@@ -1,6 +1,7 @@
 """Referrals: the 10 % bonus on a referee's first purchase over 100.00 ZNC, its clawback, the summary.
 
-Both the bonus and the clawback run inside the purchase's or the revoke's own DB transaction. Lock order is
+Both the bonus and the clawback are pieces (`…_in_transaction`): they run inside the purchase's or the revoke's
+own DB transaction and never commit or roll it back. Lock order is
 always referee, then referrer: a referrer registered before their referee, so the order is one global order
 (by registration) and two transactions can never wait for each other in a cycle.
 """
@@ -35,7 +36,7 @@ def bonus_for(purchase_amount: Decimal) -> Decimal:
     return quantize(purchase_amount * BONUS_RATE)
 
 
-def award_bonus_if_qualifying(referee_id: uuid.UUID, purchase: Transaction) -> ReferralBonus | None:
+def award_bonus_in_transaction(referee_id: uuid.UUID, purchase: Transaction) -> ReferralBonus | None:
     """Credit the referrer when `purchase` is the referee's first one over 100.00 ZNC.
 
     The caller holds the referee's user-row lock (`ledger.lock_user`), so the existence check and the insert
@@ -67,7 +68,7 @@ def award_bonus_if_qualifying(referee_id: uuid.UUID, purchase: Transaction) -> R
     return bonus
 
 
-def claw_back(token: AccessToken, refund: Decimal) -> None:
+def claw_back_in_transaction(token: AccessToken, refund: Decimal) -> None:
     """Take back `bonus × refund / purchase` (rounded down) when a token of the qualifying purchase is refunded.
 
     Computed on the running total of the purchase's refunds, so the clawbacks add up to exactly

@@ -1,6 +1,7 @@
 """The token expiry sweep (SPEC §4, every 5 min): each expired token is processed exactly once.
 
-Processing a token = the `token.expired` outbox event, its proxy session ended, its cache entry cleared.
+Processing a token = the `token.expired` outbox event and, after the commit, `events.token_expired` (the proxy
+clears its cache entry and device holder and ends its session).
 The proxy already refuses an expired token by the clock (the cached `expires_at`), so this sweep is about
 telling the owner and tidying up, not about access.
 
@@ -17,11 +18,10 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from .. import events
 from ..clock import now
 from ..database import db
 from ..notifications.outbox import emit
-from ..proxy import sessions as proxy_sessions
-from ..proxy import state as proxy_state
 from .models import AccessToken
 
 BATCH_SIZE = 200
@@ -30,8 +30,7 @@ BATCH_SIZE = 200
 def _pending(moment: datetime) -> sa.Select:
     return (
         sa.select(AccessToken.id)
-        .where(AccessToken.expires_at.is_not(None), AccessToken.expires_at <= moment,
-               AccessToken.expiry_processed_at.is_(None), AccessToken.revoked_at.is_(None))
+        .where(AccessToken.expired_at(moment), AccessToken.expiry_processed_at.is_(None))
         .order_by(AccessToken.expires_at)
         .limit(BATCH_SIZE)
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders no lock clause
@@ -65,12 +64,9 @@ def expire_tokens(moment: datetime | None = None) -> int:
             emit("token.expired", row.user_id, token_id=str(row.id),
                  activated_at=row.activated_at.isoformat() if row.activated_at else None,
                  expires_at=row.expires_at.isoformat(), duration_hours=row.duration_hours)
-            proxy_sessions.end_for_token(row.id, "expired")
+            events.announce(events.token_expired, token_id=row.id, token_hash=row.token_hash)
             claimed.append(row)
         db.session.commit()
-        for row in claimed:  # after the commit, as a revoke does; a Redis outage is absorbed there (cache dropped)
-            proxy_state.forget_token(row.token_hash)
-            proxy_state.release_holder(row.id)
         processed += len(claimed)
         if len(candidates) < BATCH_SIZE:
             return processed

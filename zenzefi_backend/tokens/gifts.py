@@ -5,9 +5,10 @@ DB transaction: the token row, then the owner's row (`ledger.lock_user`, the loc
 auto-renewal take, in the same token → user order) are locked; the daily limit is counted under that lock, so
 it is exact however many gifts run at once; a conditional UPDATE (which also guards where rows can't be locked,
 SQLite) rotates the secret (keeping the old one's hash as `retired_token_hash`) and marks the token gifted; the
-giver's open proxy session, if any, is closed; the `gift_received` e-mail (always sent, sealed at rest) and the
-audit row are written. After the commit the old secret is tombstoned in the proxy cache, so it is refused on the
-very next request; the proxy sweep writes that tombstone again while the gift is recent (a Redis blip).
+`gift_received` e-mail (always sent, sealed at rest) and the audit row are written. After the commit
+`events.token_gifted` is sent: the proxy tombstones the old secret in its cache, so it is refused on the very next
+request, and closes the giver's open session, if any; the proxy sweep writes that tombstone again while the gift
+is recent (a Redis blip).
 
 The token stays the giver's in the database (the recipient uses it through its secret; the proxy reports the
 giver's `user_id`), can no longer be revoked for a refund, and is never auto-renewed.
@@ -21,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .. import events
 from ..accounts.emails import canonical_email
 from ..accounts.models import User
 from ..audit.services import record
@@ -29,10 +31,8 @@ from ..database import db
 from ..errors import Conflict, RateLimited
 from ..ledger import services as ledger
 from ..notifications.email import enqueue_email, queue_email
-from ..proxy import sessions as proxy_sessions
-from ..proxy import state as proxy_state
-from .models import AccessToken
-from .services import get_own_token, hash_secret, hint_for, new_secret
+from .models import AccessToken, hash_secret
+from .services import get_own_token, hint_for, new_secret
 
 GIFTS_PER_WINDOW = 10
 GIFT_WINDOW = timedelta(hours=24)
@@ -74,8 +74,8 @@ def _rotate(token: AccessToken, old_hash: str, secret: str, recipient: str, mome
     """The new secret and the gift mark, unless the token was used, revoked or gifted since it was read."""
     return db.session.execute(
         sa.update(AccessToken)
-        .where(AccessToken.id == token.id, AccessToken.token_hash == old_hash, AccessToken.activated_at.is_(None),
-               AccessToken.revoked_at.is_(None), AccessToken.gifted_at.is_(None))
+        .where(AccessToken.id == token.id, AccessToken.token_hash == old_hash, AccessToken.status_is("ready", moment),
+               AccessToken.gifted_at.is_(None))
         .values(token_hash=hash_secret(secret), token_hint=hint_for(secret), gifted_to_email=recipient,
                 gifted_at=moment, retired_token_hash=old_hash)
         .execution_options(synchronize_session=False)
@@ -94,7 +94,6 @@ def gift_token(user: User, token_id: uuid.UUID, recipient_email: str) -> dict[st
     if not _rotate(token, old_hash, secret, recipient, moment):
         db.session.rollback()
         raise TokenNotGiftable("The token was used, revoked or gifted meanwhile; it cannot be gifted.")
-    proxy_sessions.end_for_token(token.id, "gifted")
     record("token.gifted", actor_id=user.id, resource_type="access_token", resource_id=token.id,
            details={"recipient_email": recipient})
     # Always sent (the template says so), whatever the giver's e-mail preference: it is the recipient's token.
@@ -105,13 +104,11 @@ def gift_token(user: User, token_id: uuid.UUID, recipient_email: str) -> dict[st
         user_id=user.id, dedupe_key=f"gift_received:{token.id}",
     )
     email_id = None if message is None else message.id
+    # The proxy refuses the old secret from the very next request (a tombstone keyed by the OLD hash, which no
+    # concurrent cache fill overwrites), frees the giver's device and closes the giver's session; the new
+    # secret's cache entry is left alone, so the recipient is not locked out.
+    events.announce(events.token_gifted, token=token, retired_hash=old_hash)
     db.session.commit()
-    # The old secret is refused from the very next request: a revoked tombstone keyed by the OLD hash, which
-    # no concurrent cache fill (SET NX) or refresh overwrites — a plain delete could be undone by a request
-    # that read the database just before our commit. It also frees the giver's device; the new secret's
-    # cache entry is left alone, so the recipient is not locked out. If Redis cannot be reached now, the proxy
-    # sweep repeats this from `retired_token_hash`.
-    proxy_state.mark_secret_retired(token, old_hash)
     if email_id is not None:
         enqueue_email(email_id)
     return {"token_id": token.id, "recipient_email": recipient, "gifted_at": moment}

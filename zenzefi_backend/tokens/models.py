@@ -1,10 +1,24 @@
+"""Access tokens and their status: each meaning of "status" is defined once, here, for Python and SQL alike.
+
+A token is `ready` (bought, never activated), `active` (activated, its clock running), `expired` (activated, its
+clock run out) or `revoked`. Two questions that sound alike are answered by separate names:
+- `usable_at(moment)`: it can still be used — not revoked and not past its expiry; a token never activated is
+  usable (its first proxied request activates it). What the user's "active only" list, the admin's
+  `active_token_count`, the proxy's admission and its session sweep mean.
+- `in_use_at(moment)`: its status is `active` — activated, not revoked, not expired; what the `active_tokens`
+  gauge counts.
+The Lua ADMIT script (proxy/admission.py) is the only other copy of `usable_at`; tests/proxy/test_status_parity.py
+holds the two equal over every state.
+"""
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
+from sqlalchemy.ext.hybrid import hybrid_method
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..clock import now
@@ -14,6 +28,30 @@ SCOPES = ("full", "certificates_only")
 SOURCES = ("purchase", "bundle", "auto_renewal")
 EXPIRY_PENDING = "expires_at IS NOT NULL AND expiry_processed_at IS NULL AND revoked_at IS NULL"
 GIFTED = "gifted_at IS NOT NULL"
+STATUSES = ("ready", "active", "expired", "revoked")
+
+
+def past_expiry(expires_at: datetime | None, moment: datetime) -> bool:
+    """The clock has run out (a token not activated yet has no expiry)."""
+    return expires_at is not None and expires_at <= moment
+
+
+def usable(revoked: bool, expires_at: datetime | None, moment: datetime) -> bool:
+    """`AccessToken.usable_at` for a token known by these facts (the proxy's cached copy)."""
+    return not revoked and not past_expiry(expires_at, moment)
+
+
+def status_of(revoked: bool, activated: bool, expires_at: datetime | None, moment: datetime) -> str:
+    if revoked:
+        return "revoked"
+    if not activated:
+        return "ready"
+    return "expired" if past_expiry(expires_at, moment) else "active"
+
+
+def hash_secret(secret: str) -> str:
+    """What `AccessToken.token_hash` holds for a secret (the purchase, a gift, the proxy's lookup)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class AccessToken(UUIDPrimaryKey, db.Model):
@@ -58,14 +96,61 @@ class AccessToken(UUIDPrimaryKey, db.Model):
     # a Redis blip at gift time cannot leave it cached as valid (as revoked_at does for a revoke).
     retired_token_hash: Mapped[str | None] = mapped_column(sa.String(64))
 
+    @hybrid_method
     def status_at(self, moment: datetime) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.activated_at is None:
-            return "ready"
-        if self.expires_at is not None and self.expires_at <= moment:
-            return "expired"
-        return "active"
+        return status_of(self.revoked_at is not None, self.activated_at is not None, self.expires_at, moment)
+
+    @status_at.inplace.expression
+    @classmethod
+    def _status_at_expression(cls, moment: datetime) -> sa.ColumnElement[str]:
+        return sa.case(
+            (cls.revoked_at.is_not(None), "revoked"),
+            (cls.activated_at.is_(None), "ready"),
+            (cls._past_expiry(moment), "expired"),
+            else_="active",
+        )
+
+    @hybrid_method
+    def usable_at(self, moment: datetime) -> bool:
+        return usable(self.revoked_at is not None, self.expires_at, moment)
+
+    @usable_at.inplace.expression
+    @classmethod
+    def _usable_at_expression(cls, moment: datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(cls.revoked_at.is_(None), sa.or_(cls.expires_at.is_(None), cls.expires_at > moment))
+
+    @hybrid_method
+    def in_use_at(self, moment: datetime) -> bool:
+        return self.status_at(moment) == "active"
+
+    @in_use_at.inplace.expression
+    @classmethod
+    def _in_use_at_expression(cls, moment: datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(cls.revoked_at.is_(None), cls.activated_at.is_not(None),
+                       sa.or_(cls.expires_at.is_(None), cls.expires_at > moment))
+
+    @hybrid_method
+    def expired_at(self, moment: datetime) -> bool:
+        return self.status_at(moment) == "expired"
+
+    @expired_at.inplace.expression
+    @classmethod
+    def _expired_at_expression(cls, moment: datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(cls.revoked_at.is_(None), cls.activated_at.is_not(None), cls._past_expiry(moment))
+
+    @classmethod
+    def _past_expiry(cls, moment: datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(cls.expires_at.is_not(None), cls.expires_at <= moment)
+
+    @classmethod
+    def status_is(cls, status: str, moment: datetime) -> sa.ColumnElement[bool]:
+        """SQL: `status_at(moment) == status`, each status as the plain conditions an index can serve."""
+        return {
+            "revoked": cls.revoked_at.is_not(None),
+            "ready": sa.and_(cls.revoked_at.is_(None), cls.activated_at.is_(None)),
+            "active": cls.in_use_at(moment),
+            "expired": cls.expired_at(moment),
+        }[status]
 
     @property
     def status(self) -> str:

@@ -4,8 +4,8 @@ Which tokens: activated, not revoked, not renewed yet, never gifted (the giver w
 replacement of a token someone else uses), with `now < expires_at <= now + 24 h` when the run
 starts, of an active user whose auto-renewal is on. Each gets exactly ONE replacement, bought with the
 user's current choice (`duration_hours`, `scope`) at the current price, exactly as a purchase would
-(`tokens.services.buy_token`): PURCHASE ledger entry, `token.purchased`, referral bonus, `balance.low`,
-audit, metrics. The replacement is `ready` — its clock starts with its first proxied request — and its
+(`tokens.services.purchase_token_in_transaction`): PURCHASE ledger entry, `token.purchased`, referral bonus,
+`balance.low`, audit, metrics. The replacement is `ready` — its clock starts with its first proxied request — and its
 secret travels only in the `auto_renewal_done` e-mail, which is therefore sent even to users who opted out
 of notifications (it is the purchase's receipt and the only way to get the token).
 
@@ -43,7 +43,7 @@ from ..money import format_amount
 from ..notifications.email import enqueue_email, queue_email
 from .models import AccessToken, AutoRenewal
 from .pricing import price_for
-from .services import buy_token
+from .services import purchase_token_in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ def update_settings(user: User, enabled: bool, duration_hours: int, scope: str) 
 
 
 def _due(moment: datetime) -> tuple[sa.ColumnElement[bool], ...]:
-    return (AccessToken.activated_at.is_not(None), AccessToken.revoked_at.is_(None),
-            AccessToken.renewed_at.is_(None), AccessToken.gifted_at.is_(None), AccessToken.expires_at > moment,
+    return (AccessToken.in_use_at(moment), AccessToken.renewed_at.is_(None), AccessToken.gifted_at.is_(None),
             AccessToken.expires_at <= moment + RENEW_WITHIN)
 
 
@@ -175,9 +174,9 @@ def _renew(token_id: uuid.UUID, moment: datetime) -> tuple[str, uuid.UUID | None
         db.session.rollback()
         return SKIPPED, None
     try:
-        issued = buy_token(user.id, choice.duration_hours, choice.scope, source="auto_renewal",
-                           description=f"Auto-renewal of access token {token.token_hint}: "
-                                       f"{choice.duration_hours} h ({choice.scope})")
+        issued = purchase_token_in_transaction(
+            user.id, choice.duration_hours, choice.scope, source="auto_renewal",
+            description=f"Auto-renewal of access token {token.token_hint}: {choice.duration_hours} h ({choice.scope})")
     except InsufficientBalance:
         db.session.rollback()  # only where rows can't be locked (SQLite): the next run sees the short balance
         return SKIPPED, None

@@ -5,10 +5,8 @@ from marshmallow import fields, validate
 from ..accounts.schemas import EmailAddress
 from ..pagination import PageQuerySchema
 from ..schemas import BaseSchema, MoneyField
-from .models import SCOPES, SOURCES
+from .models import SCOPES, SOURCES, STATUSES
 from .pricing import CURRENCIES, DURATIONS
-
-STATUSES = ("ready", "active", "expired", "revoked")
 
 
 class TokenSchema(BaseSchema):

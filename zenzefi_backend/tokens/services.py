@@ -1,7 +1,11 @@
-"""Access tokens: purchase, listing, revoke with the pro-rata refund of what was paid."""
+"""Access tokens: purchase, listing, revoke with the pro-rata refund of what was paid.
+
+`purchase_token`, `revoke_token` and `force_revoke` are route-facing: each is one transaction and commits it.
+`purchase_token_in_transaction` and `add_token_in_transaction` are pieces for other services' transactions (bundles,
+auto-renewal): they flush at most. A revoke announces `events.token_revoked`; the proxy follows it.
+"""
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -11,20 +15,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import metrics
+from .. import events, metrics
 from ..accounts.models import User
-from ..audit.services import record
+from ..audit.services import record_outcome
 from ..clock import now
 from ..database import db
 from ..errors import Conflict, NotFound
 from ..ledger import services as ledger
 from ..money import format_amount, round_down
-from ..notifications.outbox import emit
 from ..pagination import paginate
-from ..proxy import sessions as proxy_sessions
-from ..proxy import state as proxy_state
+from ..record_views import RecordView
 from ..referrals import services as referrals
-from .models import AccessToken
+from .models import AccessToken, hash_secret
 from .pricing import price_for
 
 SECRET_BYTES = 48  # 48 random bytes → 64 URL-safe characters
@@ -46,10 +48,6 @@ class TokenGifted(Conflict):
     message = "The token was given away as a gift; it can no longer be revoked for a refund."
 
 
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def new_secret() -> str:
     return secrets.token_urlsafe(SECRET_BYTES)
 
@@ -59,18 +57,16 @@ def hint_for(secret: str) -> str:
 
 
 @dataclass
-class IssuedToken:
+class IssuedToken(RecordView):
     """A token together with its secret, which exists only in this response."""
 
     record: AccessToken
     secret: str
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.record, name)
 
-
-def build_token(user_id: uuid.UUID, duration_hours: int, scope: str, paid: Decimal, *, source: str = "purchase",
-                bundle_id: uuid.UUID | None = None, purchase_transaction_id: uuid.UUID | None = None) -> IssuedToken:
+def add_token_in_transaction(user_id: uuid.UUID, duration_hours: int, scope: str, paid: Decimal, *,
+                             source: str = "purchase", bundle_id: uuid.UUID | None = None,
+                             purchase_transaction_id: uuid.UUID | None = None) -> IssuedToken:
     secret = new_secret()
     token = AccessToken(
         id=uuid.uuid4(), user_id=user_id, token_hash=hash_secret(secret), token_hint=hint_for(secret),
@@ -81,37 +77,31 @@ def build_token(user_id: uuid.UUID, duration_hours: int, scope: str, paid: Decim
     return IssuedToken(token, secret)
 
 
-def after_debit(user_id: uuid.UUID, entry) -> None:
-    """Events every debit may cause."""
-    if ledger.crossed_below_low_balance(entry):
-        emit("balance.low", user_id, balance=format_amount(entry.balance_after))
-
-
 def purchase_token(user: User, duration_hours: int, scope: str = "full", *, source: str = "purchase") -> IssuedToken:
     """One DB transaction: lock the user, debit, insert the token and its ledger entry, write the events."""
     ledger.lock_user(user.id)
-    issued = buy_token(user.id, duration_hours, scope, source=source)
+    issued = purchase_token_in_transaction(user.id, duration_hours, scope, source=source)
     db.session.commit()
     return issued
 
 
-def buy_token(user_id: uuid.UUID, duration_hours: int, scope: str, *, source: str = "purchase",
-              description: str | None = None) -> IssuedToken:
-    """The body of a purchase, in the caller's transaction: the caller holds the user's row lock
-    (`ledger.lock_user`) and commits. Raises `InsufficientBalance` (the caller rolls back) when short."""
+def purchase_token_in_transaction(user_id: uuid.UUID, duration_hours: int, scope: str, *,
+                                  source: str = "purchase", description: str | None = None) -> IssuedToken:
+    """A purchase in the caller's transaction: the caller holds the user's row lock (`ledger.lock_user`) and
+    commits. Raises `InsufficientBalance` (the caller rolls back) when short."""
     price = price_for(duration_hours)
-    issued = build_token(user_id, duration_hours, scope, price, source=source)
+    issued = add_token_in_transaction(user_id, duration_hours, scope, price, source=source)
     entry = ledger.apply(user_id, -price, "purchase", description or f"Access token {duration_hours} h ({scope})",
                          reference_type="access_token", reference_id=issued.record.id)
     issued.record.purchase_transaction_id = entry.id
-    referrals.award_bonus_if_qualifying(user_id, entry)
-    emit("token.purchased", user_id, token_id=str(issued.record.id), duration_hours=duration_hours, scope=scope,
-         paid_znc=format_amount(price), source=source)
-    after_debit(user_id, entry)
-    record("token.purchased", actor_id=user_id, resource_type="access_token", resource_id=issued.record.id,
-           details={"duration_hours": duration_hours, "scope": scope, "paid_znc": format_amount(price)})
-    metrics.count(metrics.token_purchases, duration_hours=str(duration_hours))
-    metrics.count(metrics.znc_revenue, price)
+    referrals.award_bonus_in_transaction(user_id, entry)
+    record_outcome(
+        "token.purchased", actor_id=user_id, resource_type="access_token", resource_id=issued.record.id,
+        details={"duration_hours": duration_hours, "scope": scope, "paid_znc": format_amount(price)},
+        events=[("token.purchased", user_id, {"token_id": str(issued.record.id), "duration_hours": duration_hours,
+                                              "scope": scope, "paid_znc": format_amount(price), "source": source})],
+        counts=[(metrics.token_purchases, 1, {"duration_hours": str(duration_hours)}),
+                (metrics.znc_revenue, price, {})])
     return issued
 
 
@@ -122,24 +112,8 @@ def list_tokens(user: User, *, active_only: bool, limit: int, offset: int) -> di
         .order_by(AccessToken.created_at.desc(), AccessToken.id.desc())
     )
     if active_only:
-        statement = statement.where(
-            AccessToken.revoked_at.is_(None),
-            sa.or_(AccessToken.expires_at.is_(None), AccessToken.expires_at > now()),
-        )
+        statement = statement.where(AccessToken.usable_at(now()))
     return paginate(statement, limit, offset)
-
-
-def status_condition(status: str, moment: datetime) -> sa.ColumnElement[bool]:
-    """`AccessToken.status_at(moment) == status`, as SQL (keep the two in step)."""
-    live = AccessToken.revoked_at.is_(None)
-    activated = AccessToken.activated_at.is_not(None)
-    conditions = {
-        "revoked": AccessToken.revoked_at.is_not(None),
-        "ready": sa.and_(live, AccessToken.activated_at.is_(None)),
-        "expired": sa.and_(live, activated, AccessToken.expires_at.is_not(None), AccessToken.expires_at <= moment),
-        "active": sa.and_(live, activated, sa.or_(AccessToken.expires_at.is_(None), AccessToken.expires_at > moment)),
-    }
-    return conditions[status]
 
 
 def get_own_token(user: User, token_id: uuid.UUID, *, for_update: bool = False) -> AccessToken:
@@ -165,16 +139,21 @@ def refund_for(token: AccessToken, moment: datetime) -> Decimal:
 
 def _claim_revocation(token: AccessToken, moment: datetime) -> bool:
     """Mark the token revoked unless someone else just did: a concurrent second revoke loses here even
-    where row locks don't exist (SQLite). Rolls back when it lost."""
-    revoked = db.session.execute(
+    where row locks don't exist (SQLite). The caller rolls back when it lost."""
+    return db.session.execute(
         sa.update(AccessToken)
         .where(AccessToken.id == token.id, AccessToken.revoked_at.is_(None))
         .values(revoked_at=moment)
         .execution_options(synchronize_session=False)
-    ).rowcount
-    if revoked != 1:
-        db.session.rollback()
-    return revoked == 1
+    ).rowcount == 1
+
+
+def _revoked(token: AccessToken, actor_id: uuid.UUID, action: str, details: dict[str, Any],
+             **payload: Any) -> None:
+    record_outcome(action, actor_id=actor_id, resource_type="access_token", resource_id=token.id, details=details,
+                   events=[("token.revoked", token.user_id, {"token_id": str(token.id), **payload})],
+                   counts=[(metrics.token_revocations, 1, {})])
+    events.announce(events.token_revoked, token=token)  # the very next proxied request is refused
 
 
 def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
@@ -188,18 +167,15 @@ def revoke_token(user: User, token_id: uuid.UUID) -> dict[str, Any]:
         raise TokenGifted()
     refund = refund_for(token, moment)
     if not _claim_revocation(token, moment):
+        db.session.rollback()
         raise TokenNotFound()
     if refund > 0:
         ledger.apply(user.id, refund, "refund", f"Refund for revoked token {token.token_hint}",
                      reference_type="access_token", reference_id=token.id)
-        referrals.claw_back(token, refund)
-    emit("token.revoked", user.id, token_id=str(token.id), refund_amount=format_amount(refund))
-    record("token.revoked", actor_id=user.id, resource_type="access_token", resource_id=token.id,
-           details={"refund_amount": format_amount(refund)})
-    proxy_sessions.end_for_token(token.id, "revoked")
-    metrics.count(metrics.token_revocations)
+        referrals.claw_back_in_transaction(token, refund)
+    _revoked(token, user.id, "token.revoked", {"refund_amount": format_amount(refund)},
+             refund_amount=format_amount(refund))
     db.session.commit()
-    proxy_state.mark_revoked(token)  # the very next proxied request is refused
     balance = db.session.scalar(sa.select(User.balance).where(User.id == user.id))
     return {
         "revoked": True,
@@ -220,12 +196,10 @@ def force_revoke(admin: User, token_id: uuid.UUID) -> AccessToken:
         raise TokenAlreadyRevoked()
     status_before = token.status_at(moment)
     if not _claim_revocation(token, moment):
+        db.session.rollback()
         raise TokenAlreadyRevoked()
-    emit("token.revoked", token.user_id, token_id=str(token.id), refund_amount="0.00", by_admin=True)
-    record("admin.token_revoked", actor_id=admin.id, resource_type="access_token", resource_id=token.id,
-           details={"user_id": str(token.user_id), "status_before": status_before, "refund_amount": "0.00"})
-    proxy_sessions.end_for_token(token.id, "revoked")
-    metrics.count(metrics.token_revocations)
+    _revoked(token, admin.id, "admin.token_revoked",
+             {"user_id": str(token.user_id), "status_before": status_before, "refund_amount": "0.00"},
+             refund_amount="0.00", by_admin=True)
     db.session.commit()
-    proxy_state.mark_revoked(token)  # the very next proxied request is refused
     return token

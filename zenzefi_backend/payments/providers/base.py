@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...errors import ServiceUnavailable, ValidationFailed, ZenzefiError
+from ...money import has_at_most_decimals
 
 if TYPE_CHECKING:
     from ..models import Payment
@@ -96,7 +97,7 @@ class PaymentProvider(ABC):
             raise AmountNotAccepted(f"The {self.name} provider does not take {currency}; "
                                     f"pay in {', '.join(self.currencies)}.")
         decimals = CURRENCY_DECIMALS.get(currency, 2)
-        if amount <= 0 or amount != amount.quantize(Decimal(1).scaleb(-decimals)):
+        if amount <= 0 or not has_at_most_decimals(amount, decimals):
             raise AmountNotAccepted(f"{amount} {currency} cannot be paid: {currency} has {decimals} decimals "
                                     f"and the amount must be above 0.")
         minimum = self.minimums.get(currency)

@@ -1,9 +1,18 @@
-"""The proxy's checks, in SPEC §3.6's order, and lazy activation."""
+"""Admission: may this request go through? Every check of SPEC §3.6, in its order, and the token's first use.
+
+A warm request is judged in one Redis round trip: the ADMIT script below checks the cached token and owner
+(cache.py), the path's verdicts, the device holder, the rate limit, and counts the request. Python handles every
+answer but 'ok': a cache miss is filled from the database and ADMIT runs again, a token nobody holds is claimed
+through the database (sessions.py). While Redis is unreachable, the same checks run against the database (the
+fallback below, with a per-process rate window). `status_of` answers `/proxy/status` with the same rules, read
+only. After the upstream answered, `activate_if_first_use` starts the token's clock.
+"""
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,28 +20,25 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from redis.exceptions import RedisError
+from redis import Connection, ConnectionPool, Redis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from ..accounts.models import User
 from ..clock import now
 from ..database import db
 from ..errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from ..metrics import token_validations
 from ..notifications.outbox import emit
-from ..tokens.models import AccessToken
+from ..tokens.models import AccessToken, hash_secret
 from . import sessions
+from .cache import HOLDER_KEY, PREFIX, TOKEN_KEY, USER_KEY, TokenState, UserState, epoch_ms, epoch_us, redis_state
+from .counters import BYTES_OUT_PER_ADMIT, DIRTY_SESSIONS, SESSION_KEY
 from .paths import NotCanonical, allowed_for_certificates_only, canonical
 from .runtime import ProxyRuntime
-from .state import (
-    BYTES_OUT_PER_ADMIT,
-    TokenState,
-    UserState,
-    hash_secret,
-    redis_state,
-    token_from_database,
-    user_from_database,
-)
 
-DEVICE_ID = re.compile(r"[A-Za-z0-9._:-]{8,255}")
+DEVICE_ID_PATTERN = r"[A-Za-z0-9._:-]{8,255}"  # X-Device-ID, whole
+DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+RATE_KEY = PREFIX + "rate:"  # + token id + ":" + minute
 ADMIT_ATTEMPTS = 4
 _VALIDATIONS = {result: token_validations.labels(result) for result in ("cache_hit", "cache_miss", "invalid")}
 
@@ -141,10 +147,10 @@ def _run_admit_script(runtime: ProxyRuntime, token_hash: str, device_id: str, pa
     config = runtime.config
     pending = runtime.bytes_out.take(BYTES_OUT_PER_ADMIT) if carry_bytes_out else []
     try:
-        return redis_state.admit(runtime.redis, token_hash, device_id=device_id, path_ok=path_ok,
-                                 certificate_path=certificate_path, bytes_in=bytes_in, moment=now(),
-                                 idle_seconds=config["SESSION_IDLE_SECONDS"],
-                                 rate_limits_json=config["PROXY_RATE_LIMITS_JSON"], bytes_out=pending)
+        return run_admit(runtime.redis, token_hash, device_id=device_id, path_ok=path_ok,
+                         certificate_path=certificate_path, bytes_in=bytes_in, moment=now(),
+                         idle_seconds=config["SESSION_IDLE_SECONDS"],
+                         rate_limits_json=config["PROXY_RATE_LIMITS_JSON"], bytes_out=pending)
     except RedisError:
         runtime.bytes_out.give_back(pending)
         raise
@@ -199,8 +205,147 @@ def _admit_with_redis(runtime: ProxyRuntime, token_hash: str, device_id: str, pa
     raise RedisError("the admission did not settle")  # served from the database instead
 
 
+# One round trip for a warm request: token, owner, path verdicts, device holder, rate limit, counters —
+# in the order SPEC §3.6 checks them. Python handles every answer other than 'ok'. First, whatever verdict
+# follows, it adds the bytes_out this process has pending (ARGV[15], [16], … as session id, count pairs).
+# Times: ARGV[2] is now in epoch ms (session activity), ARGV[14] in epoch µs (expiry, as precise as the database).
+ADMIT = """
+for i = 15, #ARGV, 2 do
+  redis.call('HINCRBY', ARGV[11] .. ARGV[i], 'bytes_out', ARGV[i + 1])
+  redis.call('SADD', ARGV[13], ARGV[i])
+end
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'token_miss'} end
+if raw == '-' then return {'invalid'} end
+local token = cjson.decode(raw)
+local user_raw = redis.call('GET', ARGV[1] .. token.user_id)
+if not user_raw then return {'user_miss', raw} end
+local user = cjson.decode(user_raw)
+local expires_us = token.expires_us or token.expires_at * 1000
+if token.revoked == 1 or user.active == 0 or (expires_us > 0 and tonumber(ARGV[14]) >= expires_us) then
+  return {'invalid', raw, user_raw}
+end
+if ARGV[3] ~= '1' then return {'bad_path', raw, user_raw} end
+if token.scope == 'certificates_only' and ARGV[4] ~= '1' then return {'scope', raw, user_raw} end
+local holder_key = ARGV[5] .. token.id
+local holder = redis.call('GET', holder_key)
+if not holder then return {'claim', raw, user_raw} end
+local cut = string.find(holder, '\\n', 1, true)
+if string.sub(holder, 1, cut - 1) ~= ARGV[6] then
+  return {'busy', raw, user_raw, redis.call('PTTL', holder_key)}
+end
+redis.call('PEXPIRE', holder_key, ARGV[7])
+local rate_key = ARGV[8] .. token.id .. ':' .. ARGV[9]
+local count = redis.call('INCR', rate_key)
+if count == 1 then redis.call('EXPIRE', rate_key, 61) end
+local limits = cjson.decode(ARGV[10])
+if count > (limits[user.plan] or limits['free']) then
+  return {'limited', raw, user_raw, redis.call('TTL', rate_key)}
+end
+local session = string.sub(holder, cut + 1)
+local session_key = ARGV[11] .. session
+redis.call('HINCRBY', session_key, 'requests', 1)
+redis.call('HINCRBY', session_key, 'bytes_in', ARGV[12])
+redis.call('HSET', session_key, 'last_activity', ARGV[2])
+redis.call('SADD', ARGV[13], session)
+return {'ok', raw, user_raw, session}
+"""
+
+
+ADMIT_SHA = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by their SHA-1
+
+
+def run_admit(client: Redis, token_hash: str, *, device_id: str, path_ok: bool, certificate_path: bool,
+               bytes_in: int, moment: datetime, idle_seconds: int, rate_limits_json: str,
+               bytes_out: list[tuple[str, int]]) -> list:
+    """One EVALSHA (the script is loaded into a server the first time it lacks it); needs no app context."""
+    redis_state.drop_stale_entries(client)
+    now_ms = epoch_ms(moment)
+    args = [TOKEN_KEY + token_hash, USER_KEY, now_ms, int(path_ok), int(certificate_path), HOLDER_KEY, device_id,
+            idle_seconds * 1000, RATE_KEY, now_ms // 60000, rate_limits_json, SESSION_KEY, bytes_in,
+            DIRTY_SESSIONS, epoch_us(moment)]
+    for session_id, count in bytes_out:
+        args += (session_id, count)
+    try:
+        reply = _evalsha(client, args)
+    except NoScriptError:
+        client.script_load(ADMIT)
+        reply = _evalsha(client, args)
+    return [part.decode() if isinstance(part, bytes) else part for part in reply]
+
+
+class _OwnConnection(threading.local):
+    """This thread's connection for the ADMIT round trip, taken from the client's pool once and kept: a warm request
+    pays for no pool lock, checkout or release (gunicorn's threads never wait on each other's), only the command.
+    After a failure it is given back and the next ADMIT takes a new one (see `_drop_own_connection`)."""
+
+    pool: ConnectionPool | None = None
+    connection: Connection | None = None
+    generation = -1
+
+
+_own = _OwnConnection()
+_generation = 0  # moves on in a forked child: a connection never crosses fork()
+
+
+def _after_fork_in_child() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def own_connection(client: Redis) -> Connection:
+    own = _own
+    pool = client.connection_pool
+    if own.connection is not None and own.pool is pool and own.generation == _generation:
+        return own.connection
+    connection = pool.get_connection()  # (connects: when this fails, nothing has changed)
+    if own.connection is not None and own.generation == _generation:
+        own.pool.release(own.connection)  # another client now (tests swap them): the old one goes back
+    own.connection, own.pool, own.generation = connection, pool, _generation
+    return connection
+
+
+def _evalsha(client: Redis, args: list) -> list:
+    """EVALSHA on this thread's own connection, failing as the client would (it retries no command either)."""
+    connection = own_connection(client)
+    try:
+        connection.send_command("EVALSHA", ADMIT_SHA, 1, *args)
+        return connection.read_response()
+    except ResponseError:
+        raise  # NOSCRIPT or a script error: the connection is fine
+    except BaseException:
+        _drop_own_connection(connection)
+        raise
+
+
+def _drop_own_connection(connection: Connection) -> None:
+    """After a failure the connection goes back to its pool, closed (nothing half read is left for the next
+    command), and the next ADMIT takes one through `pool.get_connection()`. That is the call that asks the
+    Sentinels where the primary is now: a connection that reconnected by itself (as redis-py's send_command
+    does) would go back to the address it had, the dead or demoted primary's."""
+    own = _own
+    connection.disconnect()
+    if own.connection is connection:
+        own.pool.release(connection)
+        own.connection = None
+
+
+def token_from_database(token_hash: str) -> TokenState | None:
+    token = db.session.scalar(sa.select(AccessToken).where(AccessToken.token_hash == token_hash))
+    return None if token is None else TokenState.of(token)
+
+
+def user_from_database(user_id: uuid.UUID) -> UserState | None:
+    user = db.session.get(User, user_id)
+    return None if user is None else UserState.of(user)
+
+
 class _LocalRateWindow:
-    """Per-process fixed windows, used only while Redis is unreachable."""
+    """Per-process fixed windows of a minute on the movable clock (as ADMIT's), used only while Redis is
+    unreachable."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -208,13 +353,14 @@ class _LocalRateWindow:
 
     def hit(self, key: str, limit: int) -> int | None:
         """None when allowed, else seconds until the window resets."""
-        minute = int(time.time() // 60)
+        seconds = now().timestamp()
+        minute = int(seconds // 60)
         with self._lock:
             if len(self._counts) > 10_000:
                 self._counts = {k: v for k, v in self._counts.items() if k[1] == minute}
             count = self._counts.get((key, minute), 0) + 1
             self._counts[(key, minute)] = count
-        return None if count <= limit else 60 - int(time.time() % 60)
+        return None if count <= limit else 60 - int(seconds % 60)
 
 
 _local_rate = _LocalRateWindow()
@@ -271,15 +417,6 @@ def _activate(admission: Admission) -> None:
             redis_state.refresh_token(row.token_hash, TokenState.of(row))
         except RedisError:
             redis_state.failed()
-
-
-def record_bytes_out(runtime: ProxyRuntime, admission: Admission, count: int) -> None:
-    """Counted in Redis by a later round trip (see PendingBytesOut); without Redis, in the session row now."""
-    if admission.via_redis:
-        runtime.bytes_out.add(admission.session_id, count)
-        return
-    with runtime.app_context():
-        sessions.add_bytes_out(uuid.UUID(admission.session_id), count)
 
 
 def status_of(secret: str | None, device_id: str | None = None) -> dict[str, Any]:
@@ -345,3 +482,4 @@ def _cached(token_hash: str) -> tuple[TokenState | None, UserState | None]:
     token = TokenState.loads(raw)
     user_raw = redis_state.cached_user(token.user_id)
     return (token, UserState.loads(user_raw)) if user_raw else (None, None)
+
