@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
-from tests.conftest import app_config
+from tests.support import app_config
 from zenzefi_backend.accounts.emails import InvalidEmail, canonical_email
 
 FULLWIDTH_DOMAIN = "x@ｅｘａｍｐｌｅ.com"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.proxy.conftest import assert_error
+from tests.fixtures.proxy import assert_error
 from tests.support import dead_redis
 from zenzefi_backend import clock
 from zenzefi_backend.analytics.cache import PREFIX

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import downgrade, upgrade
 
+from tests.fixtures.proxy import DEVICE_A, DEVICE_B, use_database_only
 from tests.jobs.helpers import race_in_app_contexts
-from tests.proxy.conftest import DEVICE_A, DEVICE_B, use_database_only
 from tests.support import postgres_only, race
 from zenzefi_backend import clock
 from zenzefi_backend.analytics import rollups

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import app_config
 from tests.e2e.harness import LOOPBACK, Gunicorn, Response, real_services
 from tests.money.helpers import (
     BALANCE,
@@ -37,7 +36,7 @@ from tests.money.helpers import (
     token_path,
     tokens,
 )
-from tests.support import balance_watch, postgres_only, race
+from tests.support import app_config, balance_watch, postgres_only, race
 
 pytestmark = [pytest.mark.postgres, postgres_only]
 

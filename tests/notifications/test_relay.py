@@ -238,7 +238,8 @@ def test_the_embedded_default_relays_right_after_the_commit(backends, tmp_path):
 
     from flask_migrate import upgrade
 
-    from tests.conftest import Accounts, app_config
+    from tests.fixtures.actions import Accounts
+    from tests.support import app_config
     from zenzefi_backend import create_app
     from zenzefi_backend.jobs.inline import start_inline_scheduler
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
-from tests.conftest import app_config
+from tests.support import app_config
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db
 from zenzefi_backend.jobs.notifications import relay_outbox_job

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.proxy.conftest import (
+from tests.fixtures.proxy import (
     CLIENT_ADDRESS,
     DEVICE_A,
     DEVICE_B,
