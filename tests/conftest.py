@@ -16,12 +16,12 @@ from flask_migrate import upgrade
 from tests.support import Backends, app_config, make_backends
 
 BACKENDS: Backends = make_backends()
-# `accounts` (user actions); `upstream`, `make_env`, `env`, `token` (the in-process proxy); `mailbox`,
-# `mailbox_files`, `smtp`; `browser` (headless Chromium); `fake_yookassa`; `fake_stripe` (localstripe);
-# `pgbouncer`, `database_route` for every test
-pytest_plugins = ["tests.fixtures.actions", "tests.fixtures.proxy", "tests.notifications.mailbox",
-                  "tests.fixtures.browser", "tests.fixtures.fake_yookassa", "tests.fixtures.fake_stripe",
-                  "tests.fixtures.pgbouncer"]
+# `accounts` (user actions); `upstream`, `make_env`, `env`, `token` (the in-process proxy); `receiver`,
+# `resolver`, `timeline` (webhooks); `mailbox`, `mailbox_files`, `smtp`; `browser` (headless Chromium);
+# `fake_yookassa`; `fake_stripe` (localstripe); `pgbouncer`, `database_route` for every test
+pytest_plugins = ["tests.fixtures.actions", "tests.fixtures.proxy", "tests.fixtures.webhooks",
+                  "tests.fixtures.mailbox", "tests.fixtures.browser", "tests.fixtures.fake_yookassa",
+                  "tests.fixtures.fake_stripe", "tests.fixtures.pgbouncer"]
 
 
 def pytest_report_header(config):

@@ -10,7 +10,6 @@ import redis
 from sqlalchemy.engine import make_url
 
 from tests.e2e.harness import TcpRelay, require_real_services
-from tests.notifications.conftest import Receiver
 from tests.support import SmtpSink
 
 
@@ -59,14 +58,6 @@ def services(backends, request) -> Iterator[Services]:
     yield found
     for relay in found.relays:
         relay.stop()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A webhook receiver on 127.0.0.1 (see tests/notifications/conftest.py)."""
-    found = Receiver().start()
-    yield found
-    found.stop()
 
 
 @pytest.fixture

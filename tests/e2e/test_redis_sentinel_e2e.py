@@ -33,8 +33,8 @@ from tests.e2e.harness import (
     real_services,
     wait_for,
 )
+from tests.fixtures.webhooks import Receiver, verify_signature
 from tests.money.helpers import assert_ledger_verifies
-from tests.notifications.conftest import Receiver, verify_signature
 from tests.support import SmtpSink
 from zenzefi_backend.notifications.email import LEASE as EMAIL_LEASE
 

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from rq import Queue
 
-from tests.notifications.mailbox import send_queued_emails
+from tests.fixtures.mailbox import send_queued_emails
 from tests.support import POSTGRES_ONLY_REASON, dead_redis
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db, get_redis, redis_connection

@@ -15,14 +15,13 @@ from prometheus_client import REGISTRY
 from rq import Queue, SimpleWorker
 
 from tests.admin.helpers import audit_rows
+from tests.fixtures.webhooks import Received, verify_signature
 from tests.support import POSTGRES_ONLY_REASON, dead_redis
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db, get_redis, redis_connection
 from zenzefi_backend.notifications import webhooks
 from zenzefi_backend.notifications.models import OutboxEvent, WebhookDelivery, WebhookEndpoint
 from zenzefi_backend.notifications.webhooks import deliver, due_deliveries, fan_out, purge_delivery_log, sign
-
-from .conftest import Received, verify_signature
 
 ENDPOINTS = "/api/v1/webhooks/endpoints"
 SCHEDULE = [10, 60, 300, 1800, 7200, 21600]

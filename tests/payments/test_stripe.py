@@ -13,7 +13,7 @@ import pytest
 import stripe
 
 from tests.fixtures.fake_stripe import API_KEY, DECLINED_CARD, SEPA_FAILING_IBAN, WEBHOOK_SECRET
-from tests.notifications.conftest import Received
+from tests.fixtures.webhooks import Received
 from tests.support import postgres_only, race
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.notifications.mailbox import send_queued_emails
+from tests.fixtures.mailbox import send_queued_emails
 from tests.support import POSTGRES_ONLY_REASON, race
 from zenzefi_backend.audit.models import AuditLog
 from zenzefi_backend.clock import now, travel
