@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from tests.fixtures.actions import buy_token
 from tests.support import postgres_only, race
 from zenzefi_backend import clock
 
@@ -16,7 +17,7 @@ from .helpers import audit_rows, token_path
 def test_of_ten_simultaneous_force_revokes_exactly_one_succeeds(app, client, accounts, admin):
     user = accounts.signed_in()
     accounts.fund(user["id"], "5.00")
-    token = client.post("/api/v1/tokens/purchase", json={"duration_hours": 1}, headers=user["headers"]).get_json()
+    token = buy_token(client, user)
     responses = race(app, [lambda c: c.delete(token_path(token["id"]), headers=admin["headers"])] * 10)
     assert sorted(r.status_code for r in responses) == [200] + [409] * 9
     assert len(audit_rows(app, "admin.token_revoked")) == 1

@@ -403,8 +403,7 @@ class Token:
 
 def buy_token(accounts, port: int, scope: str = "full") -> Token:
     """A new user (through the in-process app on the same database), funded, buying a 24 h token over HTTP."""
-    user = accounts.signed_in()
-    accounts.fund(user["id"], "100.00")
+    user = accounts.funded("100.00")
     answer = api(port, "POST", "/api/v1/tokens/purchase", user["headers"], {"duration_hours": 24, "scope": scope})
     assert answer.status == 201, answer
     body = answer.json()

@@ -146,8 +146,7 @@ def admin(accounts) -> dict:
 
 def buy(host: Host, accounts, hours: int = 24) -> tuple[str, str, dict]:
     """A funded user buying a token on `host`: (secret, token id, user)."""
-    user = accounts.signed_in()
-    accounts.fund(user["id"], "100.00")
+    user = accounts.funded("100.00")
     bought = host.call("POST", PURCHASE, user, {"duration_hours": hours})
     assert bought.status == 201, host.describe(repr(bought))
     return bought.json()["token"], bought.json()["id"], user

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
+from tests.fixtures.actions import buy_token
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db, get_redis
 from zenzefi_backend.notifications.models import OutboxEvent
@@ -26,9 +27,7 @@ def buy_tokens(client, accounts, count: int) -> list[dict[str, Any]]:
     accounts.fund(user["id"], str(count))
     bought = []
     for _ in range(count):
-        response = client.post("/api/v1/tokens/purchase", headers=user["headers"], json={"duration_hours": 1})
-        assert response.status_code == 201, response.get_json()
-        body = response.get_json()
+        body = buy_token(client, user)
         bought.append({"id": body["id"], "secret": body["token"], "user_id": user["id"]})
     return bought
 

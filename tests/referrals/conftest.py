@@ -18,9 +18,7 @@ def referrer(accounts) -> dict:
 @pytest.fixture
 def referee(accounts, referrer) -> dict:
     """Registered with the referrer's code, with 20,000.00 ZNC to spend."""
-    user = accounts.signed_in(referral_code=referrer["referral_code"])
-    accounts.fund(user["id"], "20000.00")
-    return user
+    return accounts.funded("20000.00", referral_code=referrer["referral_code"])
 
 
 @pytest.fixture
