@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -84,19 +83,6 @@ POSTGRES_ONLY_REASON = "needs PostgreSQL row locks and real concurrency (set TES
 REAL_SERVICES_REASON = (
     "needs real PostgreSQL and Redis shared by several processes (set TEST_DATABASE_URL and TEST_REDIS_URL)"
 )
-
-
-def race(app, calls: list[Callable[[Any], Any]]) -> list[Any]:
-    """Run every call on its own thread and test client, all released at once by a barrier."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[Any], Any]) -> Any:
-        client = app.test_client()
-        barrier.wait(timeout=30)
-        return call(client)
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(run, calls))
 
 
 @contextmanager

@@ -1,13 +1,13 @@
 """Admin actions under concurrency (PostgreSQL): one force revoke wins; two retention runs purge each row once."""
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import sqlalchemy as sa
 
 from tests.fixtures.actions import buy_token
-from tests.support import postgres_only, race
+from tests.fixtures.race import race, race_in_app_contexts
+from tests.support import postgres_only
 from zenzefi_backend import clock
 
 from .helpers import audit_rows, token_path
@@ -38,19 +38,6 @@ def test_two_retention_runs_at_once_purge_every_old_row_exactly_once(app, monkey
         db.session.execute(sa.insert(AuditLog), [{"action": "test.old", "details": {}, "created_at": old}] * 600)
         db.session.execute(sa.insert(AuditLog), [{"action": "test.new", "details": {}, "created_at": clock.now()}] * 5)
         db.session.commit()
-    barrier = threading.Barrier(2)
-    results: list[int] = []
-
-    def run() -> None:
-        with app.app_context():
-            barrier.wait(timeout=30)
-            results.append(audit_retention()["purged"])
-            db.session.remove()
-
-    workers = [threading.Thread(target=run) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
+    results = [outcome["purged"] for outcome in race_in_app_contexts(app, audit_retention, threads=2)]
     assert len(results) == 2 and sum(results) == 600, results
     assert [row["action"] for row in audit_rows(app)] == ["test.new"] * 5

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -45,6 +46,7 @@ from tests.e2e.harness import (
     require_real_services,
     wait_for,
 )
+from tests.fixtures.race import together
 
 pytestmark = [pytest.mark.e2e, real_services]
 
@@ -718,14 +720,11 @@ def test_upstream_timeout_is_504_and_a_dead_upstream_502_while_health_stays_fast
 def test_twenty_concurrent_first_requests_from_two_devices_one_device_wins(stack, token):
     path = unique("race")
     devices = [DEVICE_A, DEVICE_B] * 10
-    start = threading.Barrier(len(devices))
 
     def first(device: str) -> tuple[str, Answer]:
-        start.wait(timeout=10)
         return device, proxied(stack.port, "GET", path, token.secret, device=device)
 
-    with ThreadPoolExecutor(len(devices)) as pool:
-        results = list(pool.map(first, devices))
+    results = together([partial(first, device) for device in devices], timeout=10)
     by_device = {device: Counter(answer.status for d, answer in results if d == device) for device in (DEVICE_A,
                                                                                                        DEVICE_B)}
     winners = [device for device, statuses in by_device.items() if statuses == Counter({200: 10})]

@@ -196,7 +196,7 @@ def test_the_relay_runs_inline_in_the_embedded_scheduler(app_ctx, client, accoun
 def test_relays_running_at_once_relay_each_event_once(app, backends, client, accounts):
     if not backends.is_postgres:
         pytest.skip(POSTGRES_ONLY_REASON)
-    from tests.jobs.helpers import race_in_app_contexts
+    from tests.fixtures.race import race_in_app_contexts
 
     users = [accounts.signed_in() for _ in range(3)]
     for user in users:

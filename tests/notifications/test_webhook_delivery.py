@@ -345,7 +345,7 @@ def test_a_late_answer_after_the_lease_ran_out_is_discarded(app, app_ctx, client
 def test_workers_racing_for_one_delivery_send_it_once(app, backends, client, user, receiver):
     if not backends.is_postgres:
         pytest.skip(POSTGRES_ONLY_REASON)
-    from tests.jobs.helpers import race_in_app_contexts
+    from tests.fixtures.race import race_in_app_contexts
 
     with app.app_context():
         register(client, user, receiver.url())

@@ -22,7 +22,8 @@ from tests.fixtures.proxy import (
     pattern,
     use_database_only,
 )
-from tests.support import postgres_only, race
+from tests.fixtures.race import race
+from tests.support import postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.clock import ensure_utc
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.support import POSTGRES_ONLY_REASON, race
+from tests.fixtures.race import race
+from tests.support import POSTGRES_ONLY_REASON
 from zenzefi_backend.audit.models import AuditLog
 from zenzefi_backend.clock import now, travel
 from zenzefi_backend.extensions import db

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 
 from tests.fixtures.actions import buy_token
 from tests.fixtures.mailbox import send_queued_emails
-from tests.support import POSTGRES_ONLY_REASON, race
+from tests.fixtures.race import race
+from tests.support import POSTGRES_ONLY_REASON
 from zenzefi_backend.audit.models import AuditLog
 from zenzefi_backend.clock import now, travel
 from zenzefi_backend.extensions import db
