@@ -17,11 +17,12 @@ from tests.support import Backends, app_config, make_backends
 
 BACKENDS: Backends = make_backends()
 # `accounts` (user actions); `upstream`, `make_env`, `env`, `token` (the in-process proxy); `receiver`,
-# `resolver`, `timeline` (webhooks); `mailbox`, `mailbox_files`, `smtp`; `browser` (headless Chromium);
-# `fake_yookassa`; `fake_stripe` (localstripe); `pgbouncer`, `database_route` for every test
+# `resolver`, `timeline` (webhooks); `services`, `smtp_sink`, `redis_client` (e2e); `mailbox`, `mailbox_files`,
+# `smtp`; `browser` (headless Chromium); `fake_yookassa`; `fake_stripe` (localstripe); `pgbouncer`,
+# `database_route` for every test
 pytest_plugins = ["tests.fixtures.actions", "tests.fixtures.proxy", "tests.fixtures.webhooks",
-                  "tests.fixtures.mailbox", "tests.fixtures.browser", "tests.fixtures.fake_yookassa",
-                  "tests.fixtures.fake_stripe", "tests.fixtures.pgbouncer"]
+                  "tests.fixtures.services", "tests.fixtures.mailbox", "tests.fixtures.browser",
+                  "tests.fixtures.fake_yookassa", "tests.fixtures.fake_stripe", "tests.fixtures.pgbouncer"]
 
 
 def pytest_report_header(config):
