@@ -39,6 +39,11 @@ from zenzefi_backend.redis_url import parse_redis_url
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 LOOPBACK = "127.0.0.1"
+# What the e2e tests send: the proxy's path, two device ids, and where a token is bought.
+PROXY = "/api/v1/proxy"
+PURCHASE = "/api/v1/tokens/purchase"
+DEVICE_A = "device-alpha-0001"
+DEVICE_B = "device-bravo-0002"
 POLL_STEP = 0.05
 
 # Module/class marker: skip before any fixture runs when the suite is not on real shared services.
@@ -81,6 +86,26 @@ def counted(exposition: str, sample_name: str, **labels: str) -> float:
             if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def exchange(connection: socket.socket, data: bytes,
+             gone: tuple[type[BaseException], ...] = (ConnectionResetError,)) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are on an open connection; read until the server closes it (or it ends in one of
+    `gone`); the status, the headers (names in lower case) and the body as received."""
+    connection.sendall(data)
+    received = bytearray()
+    while True:
+        try:
+            chunk = connection.recv(65536)
+        except gone:
+            break
+        if not chunk:
+            break
+        received += chunk
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
 
 
 def tail(path: Path, lines: int = 40) -> str:

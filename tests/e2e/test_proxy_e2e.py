@@ -34,7 +34,10 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.harness import (
+    DEVICE_A,
+    DEVICE_B,
     LOOPBACK,
+    PROXY,
     ROOT,
     VENV_BIN,
     DatabaseRoute,
@@ -50,9 +53,6 @@ from tests.fixtures.race import together
 
 pytestmark = [pytest.mark.e2e, real_services]
 
-PROXY = "/api/v1/proxy"
-DEVICE_A = "device-alpha-0001"
-DEVICE_B = "device-bravo-0002"
 READ_TIMEOUT_SECONDS = 1  # PROXY_READ_TIMEOUT of the module's server: /slow answers after 3 s → 504
 HEALTH_LIMIT_SECONDS = 0.1
 HEALTH_SAMPLES = 20

@@ -30,6 +30,10 @@ from rq import Worker as RqWorker
 from sqlalchemy.engine import make_url
 
 from tests.e2e.harness import (
+    DEVICE_A,
+    DEVICE_B,
+    PROXY,
+    PURCHASE,
     Gunicorn,
     NetworkNamespace,
     Response,
@@ -45,11 +49,7 @@ from tests.money.helpers import assert_ledger_verifies, balance, tokens
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, real_services]
 
-PROXY = "/api/v1/proxy"
-PURCHASE = "/api/v1/tokens/purchase"
 ME = "/api/v1/users/me"
-DEVICE_A = "device-alpha-0001"
-DEVICE_B = "device-bravo-0002"
 API_LIMIT = 40  # per user and minute, free plan (SPEC's 100, lowered so a test can reach it quickly)
 PROXY_LIMIT = 30  # per token and minute, free plan (SPEC's 1000)
 RACERS = 20
