@@ -5,10 +5,5 @@ import pytest
 
 
 @pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
-
-
-@pytest.fixture
 def member(accounts) -> dict:
     return accounts.signed_in()

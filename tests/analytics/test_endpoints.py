@@ -27,11 +27,6 @@ def customer(accounts) -> dict:
     return accounts.signed_in()
 
 
-@pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
-
-
 def cached_keys(app) -> list[str]:
     with app.app_context():
         return sorted(key.decode() for key in get_redis().scan_iter(match=PREFIX + "*"))

@@ -140,11 +140,6 @@ def hosts(backends, app, upstream) -> Iterator[list[Host]]:
             host.netns.destroy()
 
 
-@pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
-
-
 def buy(host: Host, accounts, hours: int = 24) -> tuple[str, str, dict]:
     """A funded user buying a token on `host`: (secret, token id, user)."""
     user = accounts.funded("100.00")

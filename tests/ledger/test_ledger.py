@@ -13,11 +13,6 @@ from zenzefi_backend.ledger import services as ledger
 from zenzefi_backend.ledger.models import Transaction
 
 
-@pytest.fixture
-def admin(accounts):
-    return accounts.signed_in(superuser=True)
-
-
 def adjust(client, admin, user_id, amount, reason="support credit", **headers):
     return client.post(f"/api/v1/admin/users/{user_id}/balance-adjustments",
                        headers={**admin["headers"], **headers}, json={"amount": amount, "reason": reason})

@@ -32,11 +32,6 @@ OTHER_USER = str(uuid.uuid4())
 
 
 @pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
-
-
-@pytest.fixture
 def buyer(accounts, client, admin) -> dict:
     """A user with plenty of ZNC, so a refusal is never about the balance."""
     user = accounts.signed_in()

@@ -76,11 +76,6 @@ def app(app, database_route, backends, tmp_path_factory):
     return create_app(app_config(backends, tmp_path_factory.mktemp("instance-pgbouncer"), **database_route.config))
 
 
-@pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
-
-
 def funded_user(accounts, client, admin, amount: Decimal) -> dict:
     user = accounts.signed_in()
     fund(client, admin, user, amount)
