@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,12 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
+from tests.fixtures.loopback import LOOPBACK, LoopbackServer
 from tests.support import REAL_SERVICES_REASON, Backends, make_backends
 from zenzefi_backend.redis_url import parse_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
-LOOPBACK = "127.0.0.1"
 # What the e2e tests send: the proxy's path, two device ids, and where a token is bought.
 PROXY = "/api/v1/proxy"
 PURCHASE = "/api/v1/tokens/purchase"
@@ -269,7 +269,7 @@ class TcpRelay:
         sock.close()
 
 
-class Upstream:
+class Upstream(LoopbackServer):
     """A tiny upstream HTTP server on 127.0.0.1 that answers 200 to everything and remembers the paths it was
     asked for (`paths`); `/slow?seconds=S` answers after S seconds."""
 
@@ -294,24 +294,15 @@ class Upstream:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="upstream", daemon=True)
+        self._handler = Handler
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def __enter__(self) -> Upstream:
-        self._thread.start()
+    def start(self) -> Upstream:
+        self._listen(self._handler, "upstream", poll_interval=0.05)
         return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
 
 
 class Response:

@@ -49,6 +49,7 @@ from tests.e2e.harness import (
     require_real_services,
     wait_for,
 )
+from tests.fixtures.loopback import LoopbackServer
 from tests.fixtures.race import together
 
 pytestmark = [pytest.mark.e2e, real_services]
@@ -97,7 +98,7 @@ class Seen:
         return {key.lower() for key, _ in self.headers}
 
 
-class RecordingUpstream:
+class RecordingUpstream(LoopbackServer):
     """Threaded HTTP/1.1 server on 127.0.0.1; logs every request; the first path segment picks the answer.
 
     `/bytes?size=N&seed=S`  N random bytes                 `/gzip`          a gzip body, Content-Encoding: gzip
@@ -134,19 +135,11 @@ class RecordingUpstream:
             def handle_error(self, request, client_address):
                 pass  # a client that went away (the proxy after a 504) is not an upstream failure
 
-        self.server = Server((LOOPBACK, 0), Handler)
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="recording-upstream", daemon=True)
+        self._handler, self._server_class = Handler, Server
 
-    def __enter__(self) -> RecordingUpstream:
-        self._thread.start()
+    def start(self) -> RecordingUpstream:
+        self._listen(self._handler, "recording-upstream", server_class=self._server_class, poll_interval=0.05)
         return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
 
     def seen(self, path_prefix: str) -> list[Seen]:
         """Requests whose path starts with `path_prefix` (tests use a unique one each)."""
