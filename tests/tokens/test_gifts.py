@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.fixtures.actions import buy_token
+from tests.fixtures.actions import buy_token, proxy_request, proxy_status
 from tests.fixtures.mailbox import send_queued_emails
 from tests.fixtures.race import race
 from tests.support import POSTGRES_ONLY_REASON
@@ -26,7 +26,6 @@ from zenzefi_backend.proxy.state import redis_state
 from zenzefi_backend.sealing import unseal
 from zenzefi_backend.tokens.models import AccessToken
 
-STATUS = "/api/v1/proxy/status"
 FRIEND = "friend@example.com"
 SECRET_LINE = re.compile(r"Access token: (\S+)")
 DAY = 24 * 3600
@@ -42,13 +41,9 @@ def gift(client, user, token_id: str, recipient: str = FRIEND, **extra):
                        json={"recipient_email": recipient, **extra})
 
 
-def status(client, secret: str):
-    return client.get(STATUS, headers={"X-Access-Token": secret})
-
-
 def proxied(client, secret: str, device: str):
     """A forwarded request; the test upstream (127.0.0.1:9) is unreachable, so an admitted one is a 502."""
-    return client.get("/api/v1/proxy/certificates/filter", headers={"X-Access-Token": secret, "X-Device-ID": device})
+    return proxy_request(client, "GET", "certificates/filter", token=secret, device=device)
 
 
 def sha256(secret: str) -> str:
@@ -97,7 +92,7 @@ def test_a_gift_rotates_the_secret_and_only_the_recipient_gets_the_new_one(app, 
     accounts.set_flags(giver["id"], email_notifications=False)  # gifts are mailed whatever the giver chose
     token = buy_token(client, giver, hours=24)
     old = token["token"]
-    assert status(client, old).status_code == 200
+    assert proxy_status(client, old).status_code == 200
     assert proxied(client, old, "giver-device-01").status_code == 502  # fills the proxy cache, holds the device
     with app.app_context():
         assert redis_state.cached_token(sha256(old)) is not None  # the old secret is cached as valid
@@ -110,7 +105,7 @@ def test_a_gift_rotates_the_secret_and_only_the_recipient_gets_the_new_one(app, 
     assert body["token_id"] == token["id"] and body["recipient_email"] == FRIEND
     assert abs(now() - datetime.fromisoformat(body["gifted_at"])) < timedelta(minutes=1)
     # The old secret is refused at once, from the cache and from the database.
-    assert status(client, old).status_code == 401
+    assert proxy_status(client, old).status_code == 401
     assert proxied(client, old, "giver-device-01").status_code == 401
 
     [mail] = mails_to(app, mailbox_files, FRIEND)
@@ -119,7 +114,7 @@ def test_a_gift_rotates_the_secret_and_only_the_recipient_gets_the_new_one(app, 
     assert len(new) == 64 and new != old and new not in response.get_data(as_text=True)
     assert mails_to(app, mailbox_files, giver["email"]) == []
 
-    works = status(client, new)
+    works = proxy_status(client, new)
     assert works.status_code == 200
     assert works.get_json()["token_id"] == token["id"] and works.get_json()["status"] == "ready"
     assert works.get_json()["user_id"] == giver["id"]  # still the giver's token
@@ -168,8 +163,8 @@ def test_gifting_to_your_own_address_is_allowed(app, client, giver, mailbox_file
     response = gift(client, giver, token["id"], giver["email"].upper())
     assert response.status_code == 200 and response.get_json()["recipient_email"] == giver["email"]
     [mail] = mails_to(app, mailbox_files, giver["email"])
-    assert status(client, SECRET_LINE.search(mail.get_content()).group(1)).status_code == 200
-    assert status(client, token["token"]).status_code == 401
+    assert proxy_status(client, SECRET_LINE.search(mail.get_content()).group(1)).status_code == 200
+    assert proxy_status(client, token["token"]).status_code == 401
 
 
 def test_the_gift_is_audited(app, client, giver):
@@ -201,7 +196,7 @@ def test_another_users_token_and_an_unknown_id_are_404(app, client, giver, accou
     intruder = accounts.signed_in()
     assert gift(client, intruder, token["id"]).status_code == 404
     assert gift(client, giver, str(uuid.uuid4())).status_code == 404
-    assert status(client, token["token"]).status_code == 200
+    assert proxy_status(client, token["token"]).status_code == 200
     assert stored(app, token["id"]).gifted_at is None and gift_emails(app) == []
 
 
@@ -258,7 +253,7 @@ def test_invalid_bodies_are_422_and_change_nothing(app, client, giver, body, fie
     response = client.post(f"/api/v1/tokens/{token['id']}/gift", headers=giver["headers"], json=body)
     assert response.status_code == 422
     assert field in response.get_json()["errors"]
-    assert stored(app, token["id"]).gifted_at is None and status(client, token["token"]).status_code == 200
+    assert stored(app, token["id"]).gifted_at is None and proxy_status(client, token["token"]).status_code == 200
 
 
 def test_without_a_jwt_it_is_401(client, giver):
@@ -281,14 +276,14 @@ def test_a_gifted_token_cannot_be_revoked_for_a_refund_but_an_admin_can_revoke_i
 
     assert refused.status_code == 409 and "gift" in refused.get_json()["message"]
     assert balance_and_ledger(app, client, giver) == before == ("982.00", 2)
-    assert stored(app, token["id"]).revoked_at is None and status(client, new).status_code == 200
+    assert stored(app, token["id"]).revoked_at is None and proxy_status(client, new).status_code == 200
     with app.app_context():
         assert ledger.verify()["ok"]
 
     admin = accounts.signed_in(superuser=True)
     forced = client.delete(f"/api/v1/admin/tokens/{token['id']}", headers=admin["headers"])
     assert forced.status_code == 200 and forced.get_json()["status"] == "revoked"
-    assert status(client, new).status_code == 401
+    assert proxy_status(client, new).status_code == 401
     assert balance_and_ledger(app, client, giver) == before
 
 
@@ -311,7 +306,7 @@ def test_the_eleventh_gift_within_24_hours_is_429_until_the_oldest_leaves_the_wi
         assert body["code"] == 429 and body["retry_after"] - 1 <= retry_after <= body["retry_after"]
         assert "10" in body["message"]
         assert stored(app, tokens[10]["id"]).gifted_at is None
-        assert status(client, tokens[10]["token"]).status_code == 200
+        assert proxy_status(client, tokens[10]["token"]).status_code == 200
 
     with travel(timedelta(hours=24, seconds=1)):  # the first gift left the window; the nine others did not
         assert gift(client, giver, tokens[10]["id"]).status_code == 200
@@ -366,5 +361,5 @@ def test_ten_concurrent_gifts_of_the_same_token_exactly_one_succeeds(app, backen
     assert queued.to_address == winner
     [mail] = mails_to(app, mailbox_files, winner)
     new = SECRET_LINE.search(mail.get_content()).group(1)
-    assert sha256(new) == row.token_hash and status(client, new).status_code == 200
-    assert status(client, token["token"]).status_code == 401
+    assert sha256(new) == row.token_hash and proxy_status(client, new).status_code == 200
+    assert proxy_status(client, token["token"]).status_code == 401
