@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -60,23 +59,30 @@ def make_backends() -> Backends:
     )
 
 
+def app_config(backends: Backends, instance: Path, **extra) -> dict:
+    config = {
+        "ZENZEFI_ENV": "testing",
+        "DATABASE_URL": backends.database_url,
+        "REDIS_URL": backends.redis_url,
+        "PASSWORD_HASH_TIME_COST": 1,
+        "PASSWORD_HASH_MEMORY_KIB": 1024,
+        "RATELIMIT_REGISTER": "1000 per hour",
+        "RATELIMIT_LOGIN_FAILED": "1000 per hour",
+        # The per-user API limit by plan would throttle tests that make many requests; tests/plans lowers it.
+        "RATELIMIT_API_FREE": 1_000_000,
+        "RATELIMIT_API_PREMIUM": 2_000_000,
+        "RATELIMIT_API_ENTERPRISE": 3_000_000,
+        "ZENZEFI_UPSTREAM_URL": "http://127.0.0.1:9",
+        "MAIL_FROM": "Zenzefi <no-reply@example.com>",
+    }
+    config.update(extra)
+    return config
+
+
 POSTGRES_ONLY_REASON = "needs PostgreSQL row locks and real concurrency (set TEST_DATABASE_URL)"
 REAL_SERVICES_REASON = (
     "needs real PostgreSQL and Redis shared by several processes (set TEST_DATABASE_URL and TEST_REDIS_URL)"
 )
-
-
-def race(app, calls: list[Callable[[Any], Any]]) -> list[Any]:
-    """Run every call on its own thread and test client, all released at once by a barrier."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[Any], Any]) -> Any:
-        client = app.test_client()
-        barrier.wait(timeout=30)
-        return call(client)
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(run, calls))
 
 
 @contextmanager

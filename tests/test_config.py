@@ -78,7 +78,7 @@ def test_database_urls_use_psycopg3(url, expected):
 def test_trusted_proxy_hops_decide_the_client_address_and_scheme(backends, tmp_path):
     from flask import request
 
-    from tests.conftest import app_config
+    from tests.support import app_config
     from zenzefi_backend import create_app
 
     for hops, expected in ((0, ("127.0.0.1", "http")), (1, ("203.0.113.7", "https"))):

@@ -13,9 +13,7 @@ from zenzefi_backend.idempotency import IdempotencyKey, purge_expired
 
 @pytest.fixture
 def buyer(accounts):
-    user = accounts.signed_in()
-    accounts.fund(user["id"], "100.00")
-    return user
+    return accounts.funded("100.00")
 
 
 def purchase(client, user, key, body=None):

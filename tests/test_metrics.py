@@ -54,9 +54,7 @@ def watch(client) -> Watch:
 
 @pytest.fixture
 def buyer(accounts) -> dict:
-    user = accounts.signed_in()
-    accounts.fund(user["id"], "2000.00")
-    return user
+    return accounts.funded("2000.00")
 
 
 def buy_token(client, user: dict, hours: int = 1):

@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
-from tests.conftest import app_config
+from tests.fixtures.actions import buy_token
+from tests.support import app_config
 from zenzefi_backend.accounts.emails import InvalidEmail, canonical_email
 
 FULLWIDTH_DOMAIN = "x@ｅｘａｍｐｌｅ.com"
@@ -80,7 +81,7 @@ def test_failed_logins_in_other_spellings_share_one_limit(app, client):
 def test_a_gift_recipient_is_stored_normalised(client, accounts):
     giver = accounts.signed_in()
     accounts.fund(giver["id"], "100")
-    token = client.post("/api/v1/tokens/purchase", json={"duration_hours": 1}, headers=giver["headers"]).get_json()
+    token = buy_token(client, giver)
     response = client.post(f"/api/v1/tokens/{token['id']}/gift", json={"recipient_email": "Friend@ＥＸＡＭＰＬＥ.com"},
                            headers=giver["headers"])
     assert response.status_code == 200, response.get_json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from tests.fixtures.actions import buy_token
 from tests.payments.helpers import Provider, event
 from zenzefi_backend import clock
 
@@ -29,7 +30,7 @@ def test_every_kind_of_event_the_spec_lists_is_audited_with_actor_ip_and_agent(a
     assert client.post("/api/v1/currency/mock-purchase", json={"amount": "1"}, headers=headers).status_code == 201
 
     # Purchases: a token that earns the referrer a bonus, a bundle; a revoke that claws the bonus back.
-    big = client.post("/api/v1/tokens/purchase", json={"duration_hours": 720}, headers=headers).get_json()
+    big = buy_token(client, user, hours=720)
     seeded = app.test_cli_runner().invoke(args=["bundles", "seed"])
     assert seeded.exit_code == 0, seeded.output
     starter = next(b for b in client.get("/api/v1/bundles").get_json()["items"] if b["name"] == "Starter Pack")
@@ -37,7 +38,7 @@ def test_every_kind_of_event_the_spec_lists_is_audited_with_actor_ip_and_agent(a
     assert client.delete(f"/api/v1/tokens/{big['id']}", headers=headers).status_code == 200
 
     # Admin actions.
-    small = client.post("/api/v1/tokens/purchase", json={"duration_hours": 1}, headers=headers).get_json()
+    small = buy_token(client, user)
     assert client.delete(token_path(small["id"]), headers=admin["headers"]).status_code == 200
     assert client.post(user_path(user["id"]) + "/balance-adjustments", json={"amount": "5", "reason": "goodwill"},
                        headers=admin["headers"]).status_code == 201

@@ -1,12 +1,13 @@
 """Admin actions under concurrency (PostgreSQL): one force revoke wins; two retention runs purge each row once."""
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import sqlalchemy as sa
 
-from tests.support import postgres_only, race
+from tests.fixtures.actions import buy_token
+from tests.fixtures.race import race, race_in_app_contexts
+from tests.support import postgres_only
 from zenzefi_backend import clock
 
 from .helpers import audit_rows, token_path
@@ -16,7 +17,7 @@ from .helpers import audit_rows, token_path
 def test_of_ten_simultaneous_force_revokes_exactly_one_succeeds(app, client, accounts, admin):
     user = accounts.signed_in()
     accounts.fund(user["id"], "5.00")
-    token = client.post("/api/v1/tokens/purchase", json={"duration_hours": 1}, headers=user["headers"]).get_json()
+    token = buy_token(client, user)
     responses = race(app, [lambda c: c.delete(token_path(token["id"]), headers=admin["headers"])] * 10)
     assert sorted(r.status_code for r in responses) == [200] + [409] * 9
     assert len(audit_rows(app, "admin.token_revoked")) == 1
@@ -37,19 +38,6 @@ def test_two_retention_runs_at_once_purge_every_old_row_exactly_once(app, monkey
         db.session.execute(sa.insert(AuditLog), [{"action": "test.old", "details": {}, "created_at": old}] * 600)
         db.session.execute(sa.insert(AuditLog), [{"action": "test.new", "details": {}, "created_at": clock.now()}] * 5)
         db.session.commit()
-    barrier = threading.Barrier(2)
-    results: list[int] = []
-
-    def run() -> None:
-        with app.app_context():
-            barrier.wait(timeout=30)
-            results.append(audit_retention()["purged"])
-            db.session.remove()
-
-    workers = [threading.Thread(target=run) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
+    results = [outcome["purged"] for outcome in race_in_app_contexts(app, audit_retention, threads=2)]
     assert len(results) == 2 and sum(results) == 600, results
     assert [row["action"] for row in audit_rows(app)] == ["test.new"] * 5

@@ -2,7 +2,7 @@
 `/proxy/status` all 401), reactivation and plan changes (the proxy's cached copy of the user is dropped)."""
 from __future__ import annotations
 
-from tests.proxy.conftest import assert_error, assert_locked_out
+from tests.fixtures.proxy import assert_error, assert_locked_out
 
 from .helpers import user_path
 

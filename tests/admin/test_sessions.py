@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from tests.proxy.conftest import CLIENT_ADDRESS, DEVICE_A, DEVICE_B, assert_error, use_database_only
+from tests.fixtures.proxy import CLIENT_ADDRESS, DEVICE_A, DEVICE_B, assert_error, use_database_only
 
 from .helpers import BROWSER, SESSIONS, audit_rows, session_path
 

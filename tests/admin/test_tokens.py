@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.proxy.conftest import DEVICE_B, assert_error
+from tests.fixtures.proxy import DEVICE_B, assert_error
 from zenzefi_backend import clock
 
 from .helpers import BROWSER, TOKENS, audit_rows, token_path

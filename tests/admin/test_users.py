@@ -7,12 +7,11 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.actions import buy_token
 from tests.support import count_sql
 from zenzefi_backend import clock
 
 from .helpers import BROWSER, USERS, audit_rows, user_path, user_row
-
-PURCHASE = "/api/v1/tokens/purchase"
 
 
 def listing(client, admin, **query) -> dict:
@@ -23,12 +22,6 @@ def listing(client, admin, **query) -> dict:
 
 def patch(client, admin, user_id: str, **body):
     return client.patch(user_path(user_id), json=body, headers={**admin["headers"], "User-Agent": BROWSER})
-
-
-def buy(client, user: dict, hours: int = 1) -> dict:
-    response = client.post(PURCHASE, json={"duration_hours": hours}, headers=user["headers"])
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
 
 
 # --- list and detail ---------------------------------------------------------------------------------
@@ -52,7 +45,7 @@ def test_list_is_paginated_newest_first_with_balance_plan_and_counts(client, acc
 def test_counts_follow_the_tokens_and_the_ledger(app, client, accounts, admin):
     user = accounts.signed_in()
     accounts.fund(user["id"], "10.00")
-    ready, revoked, expired = buy(client, user), buy(client, user), buy(client, user)
+    ready, revoked, expired = buy_token(client, user), buy_token(client, user), buy_token(client, user)
     assert client.delete(f"/api/v1/tokens/{revoked['id']}", headers=user["headers"]).status_code == 200
     from zenzefi_backend.extensions import db
     from zenzefi_backend.tokens.models import AccessToken

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from tests.proxy.conftest import ProxyEnv, Reply
+from tests.fixtures.proxy import ProxyEnv, Reply
 from zenzefi_backend import clock
 
 ANSWER = b"z" * 1000  # what the upstream answers to every request of the scenario

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.proxy.conftest import assert_error
+from tests.fixtures.actions import buy_token
+from tests.fixtures.proxy import assert_error
 from tests.support import dead_redis
 from zenzefi_backend import clock
 from zenzefi_backend.analytics.cache import PREFIX
@@ -24,11 +25,6 @@ ODD_QUERIES = [
 @pytest.fixture
 def customer(accounts) -> dict:
     return accounts.signed_in()
-
-
-@pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
 
 
 def cached_keys(app) -> list[str]:
@@ -97,8 +93,7 @@ def test_a_deactivated_users_jwt_is_refused_even_with_figures_in_the_cache(app, 
 def test_a_user_gets_their_own_figures_never_another_users_cached_ones(app, client, accounts):
     rich, poor = accounts.signed_in(), accounts.signed_in()
     accounts.fund(rich["id"], "100.00")
-    bought = client.post("/api/v1/tokens/purchase", headers=rich["headers"], json={"duration_hours": 24})
-    assert bought.status_code == 201
+    buy_token(client, rich, hours=24)
     assert usage(client, rich, "day")["spend_znc"] == "18.00"
     assert usage(client, poor, "day")["spend_znc"] == "0.00"
     assert usage(client, poor, "day")["active_tokens"] == 0

@@ -162,7 +162,7 @@ def test_openapi_documents_both_endpoints_their_errors_and_every_field(client):
 
 
 def test_html_from_the_upstream_is_forwarded_with_its_own_headers(env, upstream):
-    from tests.proxy.conftest import Reply
+    from tests.fixtures.proxy import Reply
 
     upstream.default = Reply(headers=[("Content-Type", "text/html; charset=utf-8")], body=b"<p>upstream page</p>")
     token = env.buy()

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import downgrade, upgrade
 
-from tests.jobs.helpers import race_in_app_contexts
-from tests.proxy.conftest import DEVICE_A, DEVICE_B, use_database_only
-from tests.support import postgres_only, race
+from tests.fixtures.proxy import DEVICE_A, DEVICE_B, use_database_only
+from tests.fixtures.race import race, race_in_app_contexts
+from tests.support import postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.analytics import rollups
 from zenzefi_backend.analytics.models import ClosedDay, LastActive, LedgerDay, UsageDay

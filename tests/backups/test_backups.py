@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
+from tests.fixtures.actions import buy_token
 from zenzefi_backend.accounts.models import User
 from zenzefi_backend.backups import services as backups
 from zenzefi_backend.extensions import db
@@ -30,10 +31,8 @@ def build_ledger(client, accounts) -> None:
     for index in range(3):
         user = accounts.signed_in()
         accounts.fund(user["id"], str(50 + index))
-        bought = [client.post("/api/v1/tokens/purchase", headers=user["headers"], json={"duration_hours": hours})
-                  for hours in (1, 24)]
-        assert [r.status_code for r in bought] == [201, 201]
-        revoked = client.delete(f"/api/v1/tokens/{bought[0].get_json()['id']}", headers=user["headers"])
+        bought = [buy_token(client, user, hours) for hours in (1, 24)]
+        revoked = client.delete(f"/api/v1/tokens/{bought[0]['id']}", headers=user["headers"])
         assert revoked.status_code == 200, revoked.get_json()
 
 

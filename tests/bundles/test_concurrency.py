@@ -10,8 +10,9 @@ from decimal import Decimal
 
 import pytest
 
+from tests.fixtures.race import race
 from tests.money.helpers import assert_chained, assert_ledger_verifies, balance, ledger, tokens
-from tests.support import balance_watch, postgres_only, race
+from tests.support import balance_watch, postgres_only
 
 from .helpers import purchase_path
 

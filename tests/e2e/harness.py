@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,17 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
+from tests.fixtures.loopback import LOOPBACK, LoopbackServer
 from tests.support import REAL_SERVICES_REASON, Backends, make_backends
 from zenzefi_backend.redis_url import parse_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
-LOOPBACK = "127.0.0.1"
+# What the e2e tests send: the proxy's path, two device ids, and where a token is bought.
+PROXY = "/api/v1/proxy"
+PURCHASE = "/api/v1/tokens/purchase"
+DEVICE_A = "device-alpha-0001"
+DEVICE_B = "device-bravo-0002"
 POLL_STEP = 0.05
 
 # Module/class marker: skip before any fixture runs when the suite is not on real shared services.
@@ -81,6 +86,26 @@ def counted(exposition: str, sample_name: str, **labels: str) -> float:
             if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def exchange(connection: socket.socket, data: bytes,
+             gone: tuple[type[BaseException], ...] = (ConnectionResetError,)) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are on an open connection; read until the server closes it (or it ends in one of
+    `gone`); the status, the headers (names in lower case) and the body as received."""
+    connection.sendall(data)
+    received = bytearray()
+    while True:
+        try:
+            chunk = connection.recv(65536)
+        except gone:
+            break
+        if not chunk:
+            break
+        received += chunk
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -244,7 +269,7 @@ class TcpRelay:
         sock.close()
 
 
-class Upstream:
+class Upstream(LoopbackServer):
     """A tiny upstream HTTP server on 127.0.0.1 that answers 200 to everything and remembers the paths it was
     asked for (`paths`); `/slow?seconds=S` answers after S seconds."""
 
@@ -269,24 +294,15 @@ class Upstream:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="upstream", daemon=True)
+        self._handler = Handler
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def __enter__(self) -> Upstream:
-        self._thread.start()
+    def start(self) -> Upstream:
+        self._listen(self._handler, "upstream", poll_interval=0.05)
         return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
 
 
 class Response:

@@ -48,7 +48,7 @@ from tests.e2e.harness import (
     real_services,
     wait_for,
 )
-from tests.notifications.conftest import Receiver, verify_signature
+from tests.fixtures.webhooks import Receiver, verify_signature
 from zenzefi_backend.config import normalise_database_url
 
 pytestmark = [pytest.mark.e2e, real_services]

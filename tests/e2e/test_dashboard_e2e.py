@@ -16,14 +16,6 @@ import sqlalchemy as sa
 
 from tests.analytics.scenario import Scenario, build
 from tests.e2e.harness import Gunicorn, real_services, wait_for
-from tests.proxy.conftest import (  # noqa: F401 - fixtures
-    app_cache,
-    env,
-    fresh_redis_state,
-    make_env,
-    upstream,
-    upstream_server,
-)
 
 pytestmark = [pytest.mark.e2e, real_services]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import LOOPBACK, Gunicorn
+from tests.e2e.harness import LOOPBACK, Gunicorn, exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -25,21 +25,7 @@ def server() -> Iterator[Gunicorn]:
 def raw(server: Gunicorn, data: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     """Send bytes as they are; read the answer until the server closes the connection."""
     with socket.create_connection((LOOPBACK, server.port), timeout=timeout) as connection:
-        connection.sendall(data)
-        received = bytearray()
-        while True:
-            try:
-                chunk = connection.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            received += chunk
-    head, _, body = bytes(received).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    return status, headers, body
+        return exchange(connection, data)
 
 
 def request(target: str, *header_lines: str, method: str = "GET", body: bytes = b"") -> bytes:

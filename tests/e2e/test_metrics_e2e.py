@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.harness import Gunicorn, Upstream, counted, real_services, wait_for
+from tests.e2e.harness import PURCHASE, Gunicorn, Upstream, counted, real_services, wait_for
 
 pytestmark = [pytest.mark.e2e, real_services]
 
@@ -17,7 +17,6 @@ LIVE_ENDPOINT = "health.Live"
 METRICS_TOKEN = "s3cret-e2e-metrics-token-0123456789"
 MIN_EVENTS = 6
 MAX_EVENTS = 40
-PURCHASE = "/api/v1/tokens/purchase"
 PROXIED = "/api/v1/proxy/certificates/filter"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import LOOPBACK, Gunicorn, free_port, wait_for
+from tests.e2e.harness import LOOPBACK, Gunicorn, exchange, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "ops" / "nginx.example.conf"
@@ -106,20 +106,7 @@ def raw(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
     context.verify_mode = ssl.CERT_NONE
     with socket.create_connection((LOOPBACK, port), timeout=10) as plain, \
             context.wrap_socket(plain, server_hostname="localhost") as connection:
-        connection.sendall(data)
-        received = bytearray()
-        while True:
-            try:
-                chunk = connection.recv(65536)
-            except (ConnectionResetError, ssl.SSLError):
-                break
-            if not chunk:
-                break
-            received += chunk
-    head, _, body = bytes(received).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
+        return exchange(connection, data, gone=(ConnectionResetError, ssl.SSLError))
 
 
 def get(target: str, *header_lines: str) -> bytes:

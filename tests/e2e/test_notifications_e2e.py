@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.e2e.harness import Gunicorn, Worker, real_services, wait_for
-from tests.notifications.conftest import Receiver, verify_signature
+from tests.fixtures.webhooks import Receiver, verify_signature
 from tests.support import SmtpSink
 
 pytestmark = [pytest.mark.e2e, real_services]

@@ -21,7 +21,7 @@ import stripe
 from tests.e2e.harness import Gunicorn, Worker, real_services, wait_for
 from tests.fixtures.fake_stripe import API_KEY, WEBHOOK_SECRET, FakeStripe
 from tests.fixtures.shop import Shop
-from tests.notifications.conftest import Receiver, verify_signature
+from tests.fixtures.webhooks import Receiver, verify_signature
 from tests.payments.helpers import audits, event, sign
 from tests.support import SmtpSink
 

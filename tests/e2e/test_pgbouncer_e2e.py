@@ -13,6 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.harness import (
+    DEVICE_A,
+    DEVICE_B,
+    PROXY,
     DatabaseRoute,
     Gunicorn,
     PgBouncer,
@@ -26,9 +29,6 @@ from zenzefi_backend.config import build_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, real_services]
 
-PROXY = "/api/v1/proxy"
-DEVICE_A = "device-alpha-0001"
-DEVICE_B = "device-bravo-0002"
 ROUNDS = 8  # psycopg prepares a statement on the server from its 5th run on one connection
 
 

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,7 +34,10 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.harness import (
+    DEVICE_A,
+    DEVICE_B,
     LOOPBACK,
+    PROXY,
     ROOT,
     VENV_BIN,
     DatabaseRoute,
@@ -45,12 +49,11 @@ from tests.e2e.harness import (
     require_real_services,
     wait_for,
 )
+from tests.fixtures.loopback import LoopbackServer
+from tests.fixtures.race import together
 
 pytestmark = [pytest.mark.e2e, real_services]
 
-PROXY = "/api/v1/proxy"
-DEVICE_A = "device-alpha-0001"
-DEVICE_B = "device-bravo-0002"
 READ_TIMEOUT_SECONDS = 1  # PROXY_READ_TIMEOUT of the module's server: /slow answers after 3 s → 504
 HEALTH_LIMIT_SECONDS = 0.1
 HEALTH_SAMPLES = 20
@@ -95,7 +98,7 @@ class Seen:
         return {key.lower() for key, _ in self.headers}
 
 
-class RecordingUpstream:
+class RecordingUpstream(LoopbackServer):
     """Threaded HTTP/1.1 server on 127.0.0.1; logs every request; the first path segment picks the answer.
 
     `/bytes?size=N&seed=S`  N random bytes                 `/gzip`          a gzip body, Content-Encoding: gzip
@@ -132,19 +135,11 @@ class RecordingUpstream:
             def handle_error(self, request, client_address):
                 pass  # a client that went away (the proxy after a 504) is not an upstream failure
 
-        self.server = Server((LOOPBACK, 0), Handler)
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="recording-upstream", daemon=True)
+        self._handler, self._server_class = Handler, Server
 
-    def __enter__(self) -> RecordingUpstream:
-        self._thread.start()
+    def start(self) -> RecordingUpstream:
+        self._listen(self._handler, "recording-upstream", server_class=self._server_class, poll_interval=0.05)
         return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
 
     def seen(self, path_prefix: str) -> list[Seen]:
         """Requests whose path starts with `path_prefix` (tests use a unique one each)."""
@@ -403,8 +398,7 @@ class Token:
 
 def buy_token(accounts, port: int, scope: str = "full") -> Token:
     """A new user (through the in-process app on the same database), funded, buying a 24 h token over HTTP."""
-    user = accounts.signed_in()
-    accounts.fund(user["id"], "100.00")
+    user = accounts.funded("100.00")
     answer = api(port, "POST", "/api/v1/tokens/purchase", user["headers"], {"duration_hours": 24, "scope": scope})
     assert answer.status == 201, answer
     body = answer.json()
@@ -719,14 +713,11 @@ def test_upstream_timeout_is_504_and_a_dead_upstream_502_while_health_stays_fast
 def test_twenty_concurrent_first_requests_from_two_devices_one_device_wins(stack, token):
     path = unique("race")
     devices = [DEVICE_A, DEVICE_B] * 10
-    start = threading.Barrier(len(devices))
 
     def first(device: str) -> tuple[str, Answer]:
-        start.wait(timeout=10)
         return device, proxied(stack.port, "GET", path, token.secret, device=device)
 
-    with ThreadPoolExecutor(len(devices)) as pool:
-        results = list(pool.map(first, devices))
+    results = together([partial(first, device) for device in devices], timeout=10)
     by_device = {device: Counter(answer.status for d, answer in results if d == device) for device in (DEVICE_A,
                                                                                                        DEVICE_B)}
     winners = [device for device, statuses in by_device.items() if statuses == Counter({200: 10})]

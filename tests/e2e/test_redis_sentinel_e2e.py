@@ -24,7 +24,11 @@ import sqlalchemy as sa
 from rq import Worker as RqWorker
 
 from tests.e2e.harness import (
+    DEVICE_A,
+    DEVICE_B,
     LOOPBACK,
+    PROXY,
+    PURCHASE,
     Gunicorn,
     SentinelCluster,
     Upstream,
@@ -33,19 +37,15 @@ from tests.e2e.harness import (
     real_services,
     wait_for,
 )
+from tests.fixtures.webhooks import Receiver, verify_signature
 from tests.money.helpers import assert_ledger_verifies
-from tests.notifications.conftest import Receiver, verify_signature
 from tests.support import SmtpSink
 from zenzefi_backend.notifications.email import LEASE as EMAIL_LEASE
 
 pytestmark = [pytest.mark.e2e, real_services]
 
-PROXY = "/api/v1/proxy"
-DEVICE_A = "device-alpha-0001"
-DEVICE_B = "device-bravo-0002"
 ENDPOINTS = "/api/v1/webhooks/endpoints"
 MOCK_PURCHASE = "/api/v1/currency/mock-purchase"
-PURCHASE = "/api/v1/tokens/purchase"
 EVENTS = ["balance.topped_up", "token.purchased"]
 RECEIPT = "Receipt: 5.00 ZNC added to your balance"
 BUYERS = 3

@@ -19,8 +19,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -30,6 +30,10 @@ from rq import Worker as RqWorker
 from sqlalchemy.engine import make_url
 
 from tests.e2e.harness import (
+    DEVICE_A,
+    DEVICE_B,
+    PROXY,
+    PURCHASE,
     Gunicorn,
     NetworkNamespace,
     Response,
@@ -40,15 +44,12 @@ from tests.e2e.harness import (
     require_real_services,
     wait_for,
 )
+from tests.fixtures.race import together
 from tests.money.helpers import assert_ledger_verifies, balance, tokens
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, real_services]
 
-PROXY = "/api/v1/proxy"
-PURCHASE = "/api/v1/tokens/purchase"
 ME = "/api/v1/users/me"
-DEVICE_A = "device-alpha-0001"
-DEVICE_B = "device-bravo-0002"
 API_LIMIT = 40  # per user and minute, free plan (SPEC's 100, lowered so a test can reach it quickly)
 PROXY_LIMIT = 30  # per token and minute, free plan (SPEC's 1000)
 RACERS = 20
@@ -139,15 +140,9 @@ def hosts(backends, app, upstream) -> Iterator[list[Host]]:
             host.netns.destroy()
 
 
-@pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
-
-
 def buy(host: Host, accounts, hours: int = 24) -> tuple[str, str, dict]:
     """A funded user buying a token on `host`: (secret, token id, user)."""
-    user = accounts.signed_in()
-    accounts.fund(user["id"], "100.00")
+    user = accounts.funded("100.00")
     bought = host.call("POST", PURCHASE, user, {"duration_hours": hours})
     assert bought.status == 201, host.describe(repr(bought))
     return bought.json()["token"], bought.json()["id"], user
@@ -177,15 +172,11 @@ def test_one_token_two_devices_on_two_hosts_exactly_one_device_wins(hosts, accou
     path = unique_path("race")
     # Each device sends through both hosts: whichever host a request lands on, the device rule is one.
     plan = [(device, host) for device in (DEVICE_A, DEVICE_B) for host in (one, two) for _ in range(RACERS // 4)]
-    start = threading.Barrier(len(plan))
 
-    def first(entry: tuple[str, Host]) -> tuple[str, Host, Response]:
-        device, host = entry
-        start.wait(timeout=30)
+    def first(device: str, host: Host) -> tuple[str, Host, Response]:
         return device, host, host.proxied(secret, device, path)
 
-    with ThreadPoolExecutor(len(plan)) as pool:
-        results = list(pool.map(first, plan))
+    results = together([partial(first, device, host) for device, host in plan])
     by_device = {device: Counter(answer.status for d, _, answer in results if d == device)
                  for device in (DEVICE_A, DEVICE_B)}
     winners = [device for device, seen in by_device.items() if seen == Counter({200: RACERS // 2})]
@@ -235,14 +226,11 @@ def test_the_per_plan_limits_count_across_both_hosts(hosts, accounts):
 def test_twenty_purchases_across_both_hosts_with_funds_for_one(hosts, accounts, client, admin):
     user = accounts.signed_in()
     accounts.fund(user["id"], "18.00")  # one 24 h token
-    start = threading.Barrier(RACERS)
 
     def purchase(index: int) -> Response:
-        start.wait(timeout=30)
         return hosts[index % 2].call("POST", PURCHASE, user, {"duration_hours": 24}, timeout=30)
 
-    with ThreadPoolExecutor(RACERS) as pool:
-        answers = list(pool.map(purchase, range(RACERS)))
+    answers = together([partial(purchase, index) for index in range(RACERS)])
     assert Counter(answer.status for answer in answers) == Counter({201: 1, 402: RACERS - 1}), answers
     for answer in answers:
         if answer.status == 402:

@@ -9,7 +9,7 @@ import pytest
 from rq import Queue
 
 from tests.e2e.harness import Gunicorn, Worker, real_services, wait_for
-from tests.notifications.conftest import verify_signature
+from tests.fixtures.webhooks import verify_signature
 
 pytestmark = pytest.mark.e2e
 

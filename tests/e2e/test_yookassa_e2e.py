@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from tests.e2e.harness import Gunicorn, Worker, real_services, wait_for
 from tests.fixtures.fake_yookassa import FakeYooKassa
 from tests.fixtures.shop import Shop
-from tests.notifications.conftest import verify_signature
+from tests.fixtures.webhooks import verify_signature
 from tests.payments.helpers import audits
 from zenzefi_backend.extensions import db
 from zenzefi_backend.payments.models import Payment

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import app_config
+from tests.support import app_config
 
 
 class _Ok(BaseHTTPRequestHandler):

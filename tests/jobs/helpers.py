@@ -1,17 +1,15 @@
-"""Shared by the sweep tests: tokens in every state, proxy sessions and cache entries, and a race runner."""
+"""Shared by the sweep tests: tokens in every state, proxy sessions and cache entries."""
 from __future__ import annotations
 
-import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask
 
+from tests.fixtures.actions import buy_token
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db, get_redis
 from zenzefi_backend.notifications.models import OutboxEvent
@@ -26,9 +24,7 @@ def buy_tokens(client, accounts, count: int) -> list[dict[str, Any]]:
     accounts.fund(user["id"], str(count))
     bought = []
     for _ in range(count):
-        response = client.post("/api/v1/tokens/purchase", headers=user["headers"], json={"duration_hours": 1})
-        assert response.status_code == 201, response.get_json()
-        body = response.get_json()
+        body = buy_token(client, user)
         bought.append({"id": body["id"], "secret": body["token"], "user_id": user["id"]})
     return bought
 
@@ -77,20 +73,3 @@ def cached(app: Flask, token: dict[str, Any]) -> tuple[bool, bool]:
         client = get_redis()
         return (bool(client.exists(TOKEN_KEY + hash_secret(token["secret"]))),
                 bool(client.exists(HOLDER_KEY + token["id"])))
-
-
-def race_in_app_contexts(app: Flask, call: Callable[[], Any], threads: int) -> list[Any]:
-    """Run `call` on `threads` threads, each in its own app context (own DB session and connection), all
-    released at the same moment by a barrier."""
-    barrier = threading.Barrier(threads)
-
-    def run(_: int) -> Any:
-        with app.app_context():
-            try:
-                barrier.wait(timeout=30)
-                return call()
-            finally:
-                db.session.remove()
-
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(run, range(threads)))

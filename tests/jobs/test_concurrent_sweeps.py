@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.race import race_in_app_contexts
 from tests.support import postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db
@@ -16,7 +17,7 @@ from zenzefi_backend.jobs.notifications import delivery_log_retention
 from zenzefi_backend.jobs.proxy import sweep_proxy_sessions
 from zenzefi_backend.notifications.models import EmailMessage, OutboxEvent
 
-from .helpers import activate, active_sessions, buy_tokens, events, race_in_app_contexts
+from .helpers import activate, active_sessions, buy_tokens, events
 
 pytestmark = [pytest.mark.postgres, postgres_only]
 

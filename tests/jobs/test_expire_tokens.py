@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.race import race_in_app_contexts
 from tests.support import postgres_only
 from zenzefi_backend.clock import travel
 from zenzefi_backend.extensions import db
@@ -17,7 +18,7 @@ from zenzefi_backend.notifications.models import OutboxEvent
 from zenzefi_backend.tokens.expiry import expire_tokens
 from zenzefi_backend.tokens.models import AccessToken
 
-from .helpers import activate, active_sessions, buy_tokens, cached, events, race_in_app_contexts
+from .helpers import activate, active_sessions, buy_tokens, cached, events
 
 EXPIRED_AGO = timedelta(hours=2)  # a one-hour token activated 2 h ago expired 1 h ago
 LIVE_AGO = timedelta(minutes=10)

@@ -9,14 +9,13 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.race import race_in_app_contexts
 from tests.support import postgres_only
 from zenzefi_backend.accounts.models import RevokedJwt
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db
 from zenzefi_backend.idempotency import IdempotencyKey
 from zenzefi_backend.jobs.maintenance import purge_expired_job
-
-from .helpers import race_in_app_contexts
 
 
 def seed(app, user_id: str, old: int, fresh: int) -> None:

@@ -6,15 +6,11 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.actions import buy_token
 from zenzefi_backend.accounts.models import User
 from zenzefi_backend.extensions import db
 from zenzefi_backend.ledger import services as ledger
 from zenzefi_backend.ledger.models import Transaction
-
-
-@pytest.fixture
-def admin(accounts):
-    return accounts.signed_in(superuser=True)
 
 
 def adjust(client, admin, user_id, amount, reason="support credit", **headers):
@@ -80,7 +76,7 @@ def test_adjustments_are_audited(app, client, admin, accounts):
 def test_transactions_filter_and_validate_type(client, admin, accounts):
     user = accounts.signed_in()
     adjust(client, admin, user["id"], "30")
-    client.post("/api/v1/tokens/purchase", headers=user["headers"], json={"duration_hours": 12})
+    buy_token(client, user, hours=12)
     listed = client.get("/api/v1/currency/transactions?transaction_type=purchase", headers=user["headers"]).get_json()
     assert [t["amount"] for t in listed["items"]] == ["-10.00"]
     assert client.get("/api/v1/currency/transactions?transaction_type=gift",

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.actions import buy_token
 from tests.money.helpers import (
     PURCHASE,
     adjust,
@@ -28,11 +29,6 @@ from zenzefi_backend.tokens.services import refund_for
 
 START = Decimal("1000.00")
 OTHER_USER = str(uuid.uuid4())
-
-
-@pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
 
 
 @pytest.fixture
@@ -244,12 +240,6 @@ def test_adjustment_reason_with_a_nul_character_is_422(client, admin, buyer):
 # --- other users' tokens, expired tokens, double revokes --------------------------------------------------------
 
 
-def buy(client, user: dict, hours: int = 24) -> dict:
-    response = client.post(PURCHASE, json={"duration_hours": hours}, headers=user["headers"])
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
-
-
 def set_clock_of(app, token_id: str, activated_at: datetime) -> None:
     """Pretend the proxy activated the token at `activated_at` (no proxy exists yet to do it)."""
     with app.app_context():
@@ -262,7 +252,7 @@ def set_clock_of(app, token_id: str, activated_at: datetime) -> None:
 
 
 def test_another_users_token_is_404_and_stays_usable(client, accounts, admin, buyer):
-    token = buy(client, buyer)
+    token = buy_token(client, buyer, hours=24)
     intruder = accounts.signed_in()
     fund(client, admin, intruder, Decimal("5.00"))
     assert_error_body(client.get(token_path(token["id"]), headers=intruder["headers"]), 404)
@@ -282,7 +272,7 @@ def test_unknown_token_is_404(client, buyer, path):
 
 
 def test_double_revoke_is_404_and_refunds_once(client, buyer):
-    token = buy(client, buyer)
+    token = buy_token(client, buyer, hours=24)
     first = client.delete(token_path(token["id"]), headers=buyer["headers"])
     assert first.status_code == 200 and first.get_json()["refund_amount"] == "18.00", first.get_json()
     assert_error_body(client.delete(token_path(token["id"]), headers=buyer["headers"]), 404)
@@ -291,7 +281,7 @@ def test_double_revoke_is_404_and_refunds_once(client, buyer):
 
 
 def test_revoking_an_expired_token_is_409_and_refunds_nothing(app, client, buyer):
-    token = buy(client, buyer)
+    token = buy_token(client, buyer, hours=24)
     set_clock_of(app, token["id"], datetime.now(UTC) - timedelta(hours=25))
     shown = client.get(token_path(token["id"]), headers=buyer["headers"]).get_json()
     assert shown["status"] == "expired", shown
@@ -302,7 +292,7 @@ def test_revoking_an_expired_token_is_409_and_refunds_nothing(app, client, buyer
 
 
 def test_revoking_a_half_used_token_refunds_the_unused_part_rounded_down(app, client, buyer):
-    token = buy(client, buyer)
+    token = buy_token(client, buyer, hours=24)
     set_clock_of(app, token["id"], datetime.now(UTC) - timedelta(hours=12))
     result = client.delete(token_path(token["id"]), headers=buyer["headers"]).get_json()
     # A little under 12 of 24 hours are left by the time the revoke runs: 18 × (12 h − ε) / 24 h → 8.99.

@@ -10,20 +10,18 @@ from __future__ import annotations
 import http.client
 import json
 import random
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import app_config
 from tests.e2e.harness import LOOPBACK, Gunicorn, Response, real_services
+from tests.fixtures.race import race, together
 from tests.money.helpers import (
     BALANCE,
     PURCHASE,
@@ -37,7 +35,7 @@ from tests.money.helpers import (
     token_path,
     tokens,
 )
-from tests.support import balance_watch, postgres_only, race
+from tests.support import app_config, balance_watch, postgres_only
 
 pytestmark = [pytest.mark.postgres, postgres_only]
 
@@ -76,11 +74,6 @@ def app(app, database_route, backends, tmp_path_factory):
     from zenzefi_backend import create_app
 
     return create_app(app_config(backends, tmp_path_factory.mktemp("instance-pgbouncer"), **database_route.config))
-
-
-@pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
 
 
 def funded_user(accounts, client, admin, amount: Decimal) -> dict:
@@ -241,14 +234,10 @@ def test_http_purchase_race_through_gunicorn(backends, database_route, client, a
             assert login.status == 200, server.describe(repr(login))
             headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
 
-            barrier = threading.Barrier(THREADS)
-
-            def purchase(_: int, headers=headers, barrier=barrier) -> Response:
-                barrier.wait(timeout=30)
+            def purchase(headers=headers) -> Response:
                 return send(server, "POST", PURCHASE, DAY, headers)
 
-            with ThreadPoolExecutor(THREADS) as pool:
-                responses = list(pool.map(purchase, range(THREADS)))
+            responses = together([purchase] * THREADS)
 
             seen = Counter(response.status for response in responses)
             assert seen == Counter({201: 1, 402: THREADS - 1}), server.describe(f"{seen}: {responses}")

@@ -134,7 +134,7 @@ def test_purge_forgets_old_finished_emails_only(app_ctx):
 def test_two_workers_sending_one_email_at_once_send_it_once(app, backends, smtp):
     if not backends.is_postgres:
         pytest.skip(POSTGRES_ONLY_REASON)
-    from tests.jobs.helpers import race_in_app_contexts
+    from tests.fixtures.race import race_in_app_contexts
 
     with app.app_context():
         email_id = queue()

@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 from rq import Queue
 
-from tests.notifications.mailbox import send_queued_emails
+from tests.fixtures.actions import buy_token
+from tests.fixtures.mailbox import send_queued_emails
 from tests.support import POSTGRES_ONLY_REASON, dead_redis
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db, get_redis, redis_connection
@@ -35,12 +36,6 @@ def subscribe(client, user, events: list[str], url: str = "http://127.0.0.1:9/ho
     return response.get_json()
 
 
-def buy(client, user, hours: int = 1) -> dict:
-    response = client.post("/api/v1/tokens/purchase", headers=user["headers"], json={"duration_hours": hours})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
-
-
 def rows(model, *where) -> list:
     db.session.expire_all()
     return list(db.session.scalars(sa.select(model).where(*where)))
@@ -56,7 +51,7 @@ def test_an_event_becomes_one_delivery_per_subscribed_endpoint(app_ctx, client, 
     subscribe(client, user, ["token.revoked"])
     other = accounts.signed_in()
     subscribe(client, other, ["token.purchased"])
-    token = buy(client, user)
+    token = buy_token(client, user)
 
     relay_outbox_job()
     relay_outbox_job()  # a second run finds nothing new
@@ -88,14 +83,14 @@ def test_low_balance_is_emailed_at_most_once_a_day(app_ctx, client, accounts, us
     def cross_below_ten() -> None:
         accounts.fund(user["id"], "5")  # the balance is 9 before and 14 after: five 1-ZNC tokens take it to 9
         for _ in range(5):
-            buy(client, user)
+            buy_token(client, user)
         relay_outbox_job()
 
     accounts.fund(user["id"], "11")
-    buy(client, user)  # 11 → 10: not below 10 yet
+    buy_token(client, user)  # 11 → 10: not below 10 yet
     relay_outbox_job()
     assert emails("balance_low") == []
-    buy(client, user)  # 10 → 9
+    buy_token(client, user)  # 10 → 9
     relay_outbox_job()
     assert len(emails("balance_low")) == 1
     cross_below_ten()
@@ -109,7 +104,7 @@ def test_low_balance_is_emailed_at_most_once_a_day(app_ctx, client, accounts, us
 def test_low_balance_emails_respect_the_opt_out(app_ctx, client, accounts, user):
     accounts.set_flags(user["id"], email_notifications=False)
     accounts.fund(user["id"], "10")
-    buy(client, user)
+    buy_token(client, user)
     relay_outbox_job()
     assert emails("balance_low") == []
 
@@ -118,7 +113,7 @@ def test_the_referrer_is_emailed_a_bonus(app_ctx, client, accounts):
     referrer = accounts.signed_in()
     referee = accounts.signed_in(referral_code=referrer["referral_code"])
     accounts.fund(referee["id"], "300")
-    buy(client, referee, hours=720)
+    buy_token(client, referee, hours=720)
     relay_outbox_job()
     [bonus] = emails("referral_bonus")
     assert bonus.to_address == referrer["email"]
@@ -129,7 +124,7 @@ def test_an_event_that_cannot_be_relayed_does_not_hold_up_the_others(app_ctx, cl
     broken = emit("balance.low", uuid.UUID(user["id"]))  # no balance in the payload: the e-mail cannot render
     db.session.commit()
     accounts.fund(user["id"], "1")
-    buy(client, user)
+    buy_token(client, user)
     assert relay_events().events == 1
     db.session.refresh(broken)
     assert (broken.dispatched_at, broken.attempts) == (None, 1)
@@ -141,7 +136,7 @@ def test_nothing_is_lost_while_redis_is_down(app, app_ctx, client, accounts, use
     subscribe(client, user, ["token.purchased"])
     response = client.post(MOCK_PURCHASE, headers=user["headers"], json={"amount": "3"})
     assert response.status_code in (200, 201)
-    buy(client, user)
+    buy_token(client, user)
     alive = get_redis()
     monkeypatch.setitem(app.extensions, redis_connection.extension_key, dead_redis())
 
@@ -162,7 +157,7 @@ def test_nothing_is_lost_while_redis_is_down(app, app_ctx, client, accounts, use
 
 def test_retention_forgets_old_finished_rows_only(app_ctx, client, accounts, user):
     accounts.fund(user["id"], "5")
-    buy(client, user)
+    buy_token(client, user)
     relay_outbox_job()
     send_queued_emails()
     waiting = emit("balance.low", uuid.UUID(user["id"]), balance="1.00")
@@ -183,25 +178,25 @@ def test_commits_with_events_keep_one_relay_run_queued_and_none_is_skipped(app, 
     def queued_runs() -> list[str]:
         return [job.func_name for job in default.get_jobs()]
 
-    buy(client, user)
-    buy(client, user)  # a run is queued already, and it has not read the outbox yet: it will see this one too
+    buy_token(client, user)
+    buy_token(client, user)  # a run is queued already, and it has not read the outbox yet: it will see this one too
     assert queued_runs() == ["zenzefi_backend.jobs.notifications.relay_new_events_job"]
     [job] = default.get_jobs()
     default.remove(job)
     assert relay_new_events_job() == {"events": 2, "deliveries": 0, "emails": 0}  # what the worker runs
-    buy(client, user)  # after that run read the outbox: a run of its own, at once
+    buy_token(client, user)  # after that run read the outbox: a run of its own, at once
     assert queued_runs() == ["zenzefi_backend.jobs.notifications.relay_new_events_job"]
 
     [job] = default.get_jobs()
     default.remove(job)
     relay_new_events_job()
-    buy(client, user)
+    buy_token(client, user)
     default.empty()  # the queued run is lost (a worker killed with it), its flag stays: later commits wait …
-    buy(client, user)
+    buy_token(client, user)
     assert queued_runs() == []
     assert 0 < get_redis().ttl(NUDGE_KEY) <= NUDGE_EXPIRES_SECONDS
     get_redis().delete(NUDGE_KEY)  # … as if it had expired
-    buy(client, user)
+    buy_token(client, user)
     assert queued_runs() == ["zenzefi_backend.jobs.notifications.relay_new_events_job"]
 
 
@@ -209,7 +204,7 @@ def test_the_relay_runs_inline_in_the_embedded_scheduler(app_ctx, client, accoun
     from zenzefi_backend.jobs.inline import InlineScheduler
 
     accounts.fund(user["id"], "5")
-    buy(client, user)
+    buy_token(client, user)
     scheduler = InlineScheduler(get_redis(), (Periodic("relay_outbox", relay_outbox_job, every_seconds=60),),
                                 is_async=False)
     assert scheduler.tick() == ["relay_outbox"]
@@ -219,14 +214,14 @@ def test_the_relay_runs_inline_in_the_embedded_scheduler(app_ctx, client, accoun
 def test_relays_running_at_once_relay_each_event_once(app, backends, client, accounts):
     if not backends.is_postgres:
         pytest.skip(POSTGRES_ONLY_REASON)
-    from tests.jobs.helpers import race_in_app_contexts
+    from tests.fixtures.race import race_in_app_contexts
 
     users = [accounts.signed_in() for _ in range(3)]
     for user in users:
         subscribe(client, user, ["token.purchased", "balance.topped_up"])
         for _ in range(4):
             assert client.post(MOCK_PURCHASE, headers=user["headers"], json={"amount": "2"}).status_code in (200, 201)
-            buy(client, user)
+            buy_token(client, user)
     results = race_in_app_contexts(app, lambda: relay_events().events, threads=4)
     assert sum(results) == 3 * 4 * 2
     with app.app_context():
@@ -243,7 +238,7 @@ def test_a_commit_with_events_asks_the_embedded_relay_once(app, app_ctx, client,
     asked = []
     relay_wanted.connect(asked.append, sender=app, weak=False)
     try:
-        buy(client, user)
+        buy_token(client, user)
         client.get("/api/v1/tokens/my-tokens", headers=user["headers"])  # no event written: no nudge
     finally:
         relay_wanted.disconnect(asked.append, sender=app)
@@ -256,7 +251,8 @@ def test_the_embedded_default_relays_right_after_the_commit(backends, tmp_path):
 
     from flask_migrate import upgrade
 
-    from tests.conftest import Accounts, app_config
+    from tests.fixtures.actions import Accounts
+    from tests.support import app_config
     from zenzefi_backend import create_app
     from zenzefi_backend.jobs.inline import start_inline_scheduler
 
@@ -269,7 +265,7 @@ def test_the_embedded_default_relays_right_after_the_commit(backends, tmp_path):
     user = people.signed_in()
     people.fund(user["id"], "5")
     bought_at = time.monotonic()
-    buy(people.client, user)
+    buy_token(people.client, user)
     with embedded.app_context():
         while True:
             pending = rows(OutboxEvent, OutboxEvent.event_type == "token.purchased",

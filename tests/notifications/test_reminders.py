@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.jobs.helpers import buy_tokens, race_in_app_contexts
-from tests.notifications.mailbox import send_queued_emails
+from tests.fixtures.mailbox import send_queued_emails
+from tests.fixtures.race import race_in_app_contexts
+from tests.jobs.helpers import buy_tokens
 from tests.support import POSTGRES_ONLY_REASON
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db

@@ -16,13 +16,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.fixtures.webhooks import Receiver, verify_signature
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db
 from zenzefi_backend.notifications import ssrf
 from zenzefi_backend.notifications.models import OutboxEvent, WebhookDelivery
 from zenzefi_backend.notifications.webhooks import deliver, fan_out
-
-from .conftest import Receiver, verify_signature
 
 ENDPOINTS = "/api/v1/webhooks/endpoints"
 PUBLIC_IP = "93.184.215.14"

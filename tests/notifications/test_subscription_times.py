@@ -10,7 +10,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
-from tests.conftest import app_config
+from tests.fixtures.actions import buy_token
+from tests.support import app_config
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db
 from zenzefi_backend.jobs.notifications import relay_outbox_job
@@ -24,12 +25,6 @@ def subscribe(client, user, events: list[str]) -> str:
     response = client.post(ENDPOINTS, headers=user["headers"], json={"url": HOOK, "events": events})
     assert response.status_code == 201, response.get_json()
     return response.get_json()["id"]
-
-
-def buy(client, user) -> dict:
-    response = client.post("/api/v1/tokens/purchase", headers=user["headers"], json={"duration_hours": 1})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
 
 
 def revoke(client, user, token: dict) -> None:
@@ -48,10 +43,10 @@ def delivered(endpoint_id: str) -> list[tuple[str, str]]:
 def test_an_endpoint_registered_after_a_purchase_does_not_get_it(app_ctx, client, accounts):
     user = accounts.signed_in()
     accounts.fund(user["id"], "10")
-    before = buy(client, user)  # its token.purchased is still waiting for the relay …
+    before = buy_token(client, user)  # its token.purchased is still waiting for the relay …
     with clock.travel(timedelta(seconds=1)):
         endpoint = subscribe(client, user, ["token.purchased"])  # … when the endpoint is registered a second later
-        after = buy(client, user)
+        after = buy_token(client, user)
     relay_outbox_job()
     assert delivered(endpoint) == [("token.purchased", after["id"])]
     assert before["id"] != after["id"]
@@ -61,7 +56,7 @@ def test_a_type_added_later_is_delivered_only_from_then_on(app_ctx, client, acco
     user = accounts.signed_in()
     accounts.fund(user["id"], "10")
     endpoint = subscribe(client, user, ["token.purchased"])
-    first, second = buy(client, user), buy(client, user)
+    first, second = buy_token(client, user), buy_token(client, user)
     with clock.travel(timedelta(seconds=1)):
         revoke(client, user, first)  # revoked before the endpoint subscribed to token.revoked
     with clock.travel(timedelta(seconds=2)):
@@ -79,7 +74,7 @@ def test_a_type_dropped_and_added_again_starts_afresh_and_kept_types_keep_their_
     user = accounts.signed_in()
     accounts.fund(user["id"], "10")
     endpoint = subscribe(client, user, ["token.purchased", "token.revoked"])
-    bought = buy(client, user)
+    bought = buy_token(client, user)
     with clock.travel(timedelta(seconds=1)):
         assert client.patch(f"{ENDPOINTS}/{endpoint}", headers=user["headers"],
                             json={"events": ["token.purchased"]}).status_code == 200

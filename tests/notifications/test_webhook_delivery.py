@@ -16,14 +16,13 @@ from prometheus_client import REGISTRY
 from rq import Queue, SimpleWorker
 
 from tests.admin.helpers import audit_rows
+from tests.fixtures.webhooks import Received, verify_signature
 from tests.support import POSTGRES_ONLY_REASON, dead_redis
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db, get_redis, redis_connection
 from zenzefi_backend.notifications import webhooks
 from zenzefi_backend.notifications.models import OutboxEvent, WebhookDelivery, WebhookEndpoint
 from zenzefi_backend.notifications.webhooks import deliver, due_deliveries, fan_out, purge_delivery_log, sign
-
-from .conftest import Received, verify_signature
 
 ENDPOINTS = "/api/v1/webhooks/endpoints"
 SCHEDULE = [10, 60, 300, 1800, 7200, 21600]
@@ -359,7 +358,7 @@ def test_a_late_answer_after_the_lease_ran_out_is_discarded(app, app_ctx, client
 def test_workers_racing_for_one_delivery_send_it_once(app, backends, client, user, receiver):
     if not backends.is_postgres:
         pytest.skip(POSTGRES_ONLY_REASON)
-    from tests.jobs.helpers import race_in_app_contexts
+    from tests.fixtures.race import race_in_app_contexts
 
     with app.app_context():
         register(client, user, receiver.url())

@@ -10,11 +10,10 @@ import sqlalchemy as sa
 from rq import Queue, SimpleWorker
 
 from tests.admin.helpers import audit_rows
+from tests.fixtures.webhooks import verify_signature
 from zenzefi_backend.extensions import db, get_redis
 from zenzefi_backend.notifications.models import EVENT_TYPES, WebhookDelivery, WebhookEndpoint
 from zenzefi_backend.sealing import unseal
-
-from .conftest import verify_signature
 
 ENDPOINTS = "/api/v1/webhooks/endpoints"
 ENDPOINT_FIELDS = {"id", "url", "events", "is_active", "consecutive_failures", "disabled_reason", "disabled_at",

@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from tests.support import postgres_only, race
+from tests.fixtures.race import race
+from tests.support import postgres_only
 
 from .helpers import assert_ledger_consistent, balance, create_payment, deposits, event, status_of
 

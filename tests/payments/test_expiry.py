@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.jobs.helpers import race_in_app_contexts
+from tests.fixtures.race import race_in_app_contexts
 from tests.support import postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.jobs.schedule import SCHEDULE, by_name

@@ -13,8 +13,9 @@ import pytest
 import stripe
 
 from tests.fixtures.fake_stripe import API_KEY, DECLINED_CARD, SEPA_FAILING_IBAN, WEBHOOK_SECRET
-from tests.notifications.conftest import Received
-from tests.support import postgres_only, race
+from tests.fixtures.race import race
+from tests.fixtures.webhooks import Received
+from tests.support import postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db
 from zenzefi_backend.notifications.models import OutboxEvent

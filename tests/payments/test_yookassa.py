@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from tests.conftest import app_config
 from tests.fixtures.fake_yookassa import YOOKASSA_NOTIFICATION_ADDRESS, FakeYooKassa
-from tests.support import postgres_only, race
+from tests.fixtures.race import race
+from tests.support import app_config, postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db
 from zenzefi_backend.payments import services

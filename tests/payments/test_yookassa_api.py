@@ -10,6 +10,7 @@ import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 
 import pytest
 import yookassa
@@ -17,6 +18,7 @@ from yookassa.domain.common.security_helper import SecurityHelper
 
 from tests.e2e.harness import TcpRelay
 from tests.fixtures.fake_yookassa import YOOKASSA_NOTIFICATION_ADDRESS, FakeYooKassa
+from tests.fixtures.race import together
 from zenzefi_backend.clock import now
 from zenzefi_backend.errors import BadRequest
 from zenzefi_backend.payments.models import Payment
@@ -187,22 +189,16 @@ def test_each_app_uses_its_own_shop_never_the_library_global_configuration(setti
     other = FakeYooKassa(shop_id="700100", secret_key="test_other-shop-secret-key-0000000000").start()
     try:
         providers = [get_provider("yookassa", settings), get_provider("yookassa", {**settings, **other.config()})]
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(8)
 
-        def create(index: int) -> None:
-            barrier.wait(timeout=10)
+        def create(index: int) -> BaseException | None:
             try:
                 for _ in range(3):
                     providers[index % 2].create_checkout(transient_payment(), None)
             except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
+                return exc
+            return None
 
-        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        errors = [error for error in together([partial(create, i) for i in range(8)], timeout=10) if error]
         assert errors == []
         assert (len(fake_yookassa.payments), len(other.payments)) == (12, 12)
         assert yookassa.Configuration.account_id is None and yookassa.Configuration.secret_key is None

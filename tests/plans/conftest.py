@@ -6,6 +6,4 @@ import pytest
 @pytest.fixture
 def user(accounts) -> dict:
     """A signed-in free user with 100.00 ZNC."""
-    signed_in = accounts.signed_in()
-    accounts.fund(signed_in["id"], "100.00")
-    return signed_in
+    return accounts.funded("100.00")

@@ -1,9 +1,9 @@
 """Plan expiry: the hourly `expire_plans` job moves paid plans past their expiry back to free, once."""
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
+from tests.fixtures.race import race_in_app_contexts
 from tests.support import postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import get_redis
@@ -74,19 +74,7 @@ def test_two_sweeps_at_the_same_moment_expire_each_plan_once(app, accounts):
     users = [accounts.register()["id"] for _ in range(30)]
     for user_id in users:
         set_plan(app, user_id, "premium", moment - timedelta(minutes=5))
-    barrier = threading.Barrier(2)
-    results: list[int] = []
-
-    def sweep() -> None:
-        with app.app_context():
-            barrier.wait(timeout=30)
-            results.append(expire_plans())
-
-    threads = [threading.Thread(target=sweep) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    results = race_in_app_contexts(app, expire_plans, threads=2)
     assert sum(results) == len(users), results
     assert len(audits(app, "plan.expired")) == len(users)
     assert {stored_user(app, uid).plan for uid in users} == {"free"}

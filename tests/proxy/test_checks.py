@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.proxy.conftest import (
+from tests.fixtures.proxy import (
     DEVICE_A,
     DEVICE_B,
     ProxyEnv,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.proxy.conftest import (
+from tests.fixtures.proxy import (
     DEVICE_A,
     DEVICE_B,
     ProxyEnv,

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from tests.proxy.conftest import ProxyEnv, Reply, assert_error, flask_activity, flask_route_only, pattern
+from tests.fixtures.proxy import ProxyEnv, Reply, assert_error, flask_activity, flask_route_only, pattern
 from zenzefi_backend.proxy import forwarding
 
 # --- the shortest path: nothing of requests' per-request machinery ---------------------------------------------

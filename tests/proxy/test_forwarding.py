@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.proxy.conftest import (
+from tests.fixtures.proxy import (
     CLIENT_ADDRESS,
     DEVICE_A,
     DEVICE_B,

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.e2e.harness import TcpRelay
-from tests.proxy.conftest import (
+from tests.fixtures.proxy import (
     DEVICE_A,
     DEVICE_B,
     ProxyEnv,

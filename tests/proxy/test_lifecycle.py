@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.proxy.conftest import (
+from tests.fixtures.proxy import (
     CLIENT_ADDRESS,
     DEVICE_A,
     DEVICE_B,
@@ -22,7 +22,8 @@ from tests.proxy.conftest import (
     pattern,
     use_database_only,
 )
-from tests.support import postgres_only, race
+from tests.fixtures.race import race
+from tests.support import postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.clock import ensure_utc
 

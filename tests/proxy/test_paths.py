@@ -7,7 +7,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.proxy.conftest import assert_error, flask_route_only
+from tests.fixtures.proxy import assert_error, flask_route_only
 from zenzefi_backend.proxy.paths import CERTIFICATES_ONLY_PREFIXES
 
 SPEC_PREFIXES = (

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.proxy.conftest import DEVICE_A, DEVICE_B, Reply, assert_error, use_database_only
+from tests.fixtures.proxy import DEVICE_A, DEVICE_B, Reply, assert_error, use_database_only
 from zenzefi_backend import clock
 from zenzefi_backend.clock import ensure_utc, now
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 import requests
 
-from tests.proxy.conftest import DEVICE_B, Reply, closed_port, pattern
+from tests.fixtures.proxy import DEVICE_B, Reply, closed_port, pattern
 from zenzefi_backend.proxy import forwarding
 
 

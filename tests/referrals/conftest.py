@@ -2,13 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bundles.helpers import seed
-
-
-@pytest.fixture
-def admin(accounts) -> dict:
-    return accounts.signed_in(superuser=True)
-
 
 @pytest.fixture
 def referrer(accounts) -> dict:
@@ -18,11 +11,4 @@ def referrer(accounts) -> dict:
 @pytest.fixture
 def referee(accounts, referrer) -> dict:
     """Registered with the referrer's code, with 20,000.00 ZNC to spend."""
-    user = accounts.signed_in(referral_code=referrer["referral_code"])
-    accounts.fund(user["id"], "20000.00")
-    return user
-
-
-@pytest.fixture
-def catalogue(app, client) -> dict[str, dict]:
-    return seed(app, client)
+    return accounts.funded("20000.00", referral_code=referrer["referral_code"])

@@ -5,17 +5,11 @@ from decimal import Decimal
 
 from flask.testing import FlaskClient
 
-from tests.money.helpers import PURCHASE, ledger, token_path
+from tests.money.helpers import ledger, token_path
 
 REFERRALS = "/api/v1/users/me/referrals"
 # Token prices that straddle the 100.00 threshold: 100.00 earns nothing, 300.00 earns 30.00.
 WEEK, MONTH = 168, 720
-
-
-def buy_token(client: FlaskClient, user: dict, hours: int) -> dict:
-    response = client.post(PURCHASE, json={"duration_hours": hours}, headers=user["headers"])
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
 
 
 def revoke(client: FlaskClient, user: dict, token_id: str) -> Decimal:

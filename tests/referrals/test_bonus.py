@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.bundles.helpers import buy, create
+from tests.fixtures.actions import buy_token
 from tests.money.helpers import balance, ledger
 from zenzefi_backend.audit.models import AuditLog
 from zenzefi_backend.extensions import db
@@ -15,7 +16,7 @@ from zenzefi_backend.notifications.models import OutboxEvent
 from zenzefi_backend.referrals.models import ReferralBonus
 from zenzefi_backend.referrals.services import bonus_for
 
-from .helpers import MONTH, WEEK, buy_token, referral_entries
+from .helpers import MONTH, WEEK, referral_entries
 
 
 @pytest.mark.parametrize("amount, bonus", [("100.00", "0.00"), ("99.99", "0.00"), ("100.01", "10.00"),

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.bundles.helpers import DEFAULTS, buy, create
+from tests.fixtures.actions import buy_token
 from tests.money.helpers import assert_ledger_verifies, balance, ledger
 from zenzefi_backend import clock
 from zenzefi_backend.audit.models import AuditLog
@@ -16,7 +17,7 @@ from zenzefi_backend.extensions import db
 from zenzefi_backend.referrals.models import ReferralBonus
 from zenzefi_backend.tokens.models import AccessToken
 
-from .helpers import MONTH, WEEK, buy_token, net_referral_gain, referral_entries, revoke
+from .helpers import MONTH, WEEK, net_referral_gain, referral_entries, revoke
 
 
 def audits(app, action: str) -> list[dict]:

@@ -13,8 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.bundles.helpers import purchase_path
+from tests.fixtures.race import race
 from tests.money.helpers import PURCHASE, assert_chained, assert_ledger_verifies, balance, ledger, token_path
-from tests.support import postgres_only, race
+from tests.support import postgres_only
 from zenzefi_backend.extensions import db
 from zenzefi_backend.referrals.models import ReferralBonus
 

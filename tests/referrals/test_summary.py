@@ -1,7 +1,9 @@
 """`GET /api/v1/users/me/referrals`: code, link, referees by username, what they earned you."""
 from __future__ import annotations
 
-from .helpers import MONTH, REFERRALS, WEEK, buy_token, revoke
+from tests.fixtures.actions import buy_token
+
+from .helpers import MONTH, REFERRALS, WEEK, revoke
 
 
 def test_needs_a_jwt(client):

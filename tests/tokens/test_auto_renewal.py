@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.support import POSTGRES_ONLY_REASON, race
+from tests.fixtures.actions import proxy_status
+from tests.fixtures.race import race
+from tests.support import POSTGRES_ONLY_REASON
 from zenzefi_backend.audit.models import AuditLog
 from zenzefi_backend.clock import now, travel
 from zenzefi_backend.extensions import db
@@ -247,7 +249,7 @@ def test_the_replacement_works_at_the_proxy(app, client, accounts, mailbox):
     run_job(app)
     [mail] = delivered(app, mailbox, user)
     secret = SECRET_LINE.search(mail.get_content()).group(1)
-    status = client.get("/api/v1/proxy/status", headers={"X-Access-Token": secret})
+    status = proxy_status(client, secret)
     assert status.status_code == 200
     assert status.get_json()["status"] == "ready" and status.get_json()["user_id"] == user["id"]
 

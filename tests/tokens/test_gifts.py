@@ -10,8 +10,10 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.notifications.mailbox import send_queued_emails
-from tests.support import POSTGRES_ONLY_REASON, race
+from tests.fixtures.actions import buy_token, proxy_request, proxy_status
+from tests.fixtures.mailbox import send_queued_emails
+from tests.fixtures.race import race
+from tests.support import POSTGRES_ONLY_REASON
 from zenzefi_backend.audit.models import AuditLog
 from zenzefi_backend.clock import now, travel
 from zenzefi_backend.extensions import db
@@ -24,8 +26,6 @@ from zenzefi_backend.proxy.models import ProxySession
 from zenzefi_backend.sealing import unseal
 from zenzefi_backend.tokens.models import AccessToken
 
-PURCHASE = "/api/v1/tokens/purchase"
-STATUS = "/api/v1/proxy/status"
 FRIEND = "friend@example.com"
 SECRET_LINE = re.compile(r"Access token: (\S+)")
 DAY = 24 * 3600
@@ -33,15 +33,7 @@ DAY = 24 * 3600
 
 @pytest.fixture
 def giver(accounts):
-    user = accounts.signed_in()
-    accounts.fund(user["id"], "1000.00")
-    return user
-
-
-def buy(client, user, hours: int = 24) -> dict:
-    response = client.post(PURCHASE, headers=user["headers"], json={"duration_hours": hours})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
+    return accounts.funded("1000.00")
 
 
 def gift(client, user, token_id: str, recipient: str = FRIEND, **extra):
@@ -49,13 +41,9 @@ def gift(client, user, token_id: str, recipient: str = FRIEND, **extra):
                        json={"recipient_email": recipient, **extra})
 
 
-def status(client, secret: str):
-    return client.get(STATUS, headers={"X-Access-Token": secret})
-
-
 def proxied(client, secret: str, device: str):
     """A forwarded request; the test upstream (127.0.0.1:9) is unreachable, so an admitted one is a 502."""
-    return client.get("/api/v1/proxy/certificates/filter", headers={"X-Access-Token": secret, "X-Device-ID": device})
+    return proxy_request(client, "GET", "certificates/filter", token=secret, device=device)
 
 
 def sha256(secret: str) -> str:
@@ -102,9 +90,9 @@ def balance_and_ledger(app, client, user) -> tuple[str, int]:
 def test_a_gift_rotates_the_secret_and_only_the_recipient_gets_the_new_one(app, client, giver, accounts,
                                                                            mailbox_files):
     accounts.set_flags(giver["id"], email_notifications=False)  # gifts are mailed whatever the giver chose
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     old = token["token"]
-    assert status(client, old).status_code == 200
+    assert proxy_status(client, old).status_code == 200
     assert proxied(client, old, "giver-device-01").status_code == 502  # fills the proxy cache, holds the device
     with app.app_context():
         assert redis_state.cached_token(sha256(old)) is not None  # the old secret is cached as valid
@@ -117,7 +105,7 @@ def test_a_gift_rotates_the_secret_and_only_the_recipient_gets_the_new_one(app, 
     assert body["token_id"] == token["id"] and body["recipient_email"] == FRIEND
     assert abs(now() - datetime.fromisoformat(body["gifted_at"])) < timedelta(minutes=1)
     # The old secret is refused at once, from the cache and from the database.
-    assert status(client, old).status_code == 401
+    assert proxy_status(client, old).status_code == 401
     assert proxied(client, old, "giver-device-01").status_code == 401
 
     [mail] = mails_to(app, mailbox_files, FRIEND)
@@ -126,7 +114,7 @@ def test_a_gift_rotates_the_secret_and_only_the_recipient_gets_the_new_one(app, 
     assert len(new) == 64 and new != old and new not in response.get_data(as_text=True)
     assert mails_to(app, mailbox_files, giver["email"]) == []
 
-    works = status(client, new)
+    works = proxy_status(client, new)
     assert works.status_code == 200
     assert works.get_json()["token_id"] == token["id"] and works.get_json()["status"] == "ready"
     assert works.get_json()["user_id"] == giver["id"]  # still the giver's token
@@ -151,13 +139,13 @@ def test_a_gift_rotates_the_secret_and_only_the_recipient_gets_the_new_one(app, 
 
 
 def test_a_token_never_gifted_shows_null_gift_fields(client, giver):
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     shown = client.get(f"/api/v1/tokens/{token['id']}", headers=giver["headers"]).get_json()
     assert shown["gifted_to_email"] is None and shown["gifted_at"] is None
 
 
 def test_until_it_is_sent_the_new_secret_waits_sealed_in_the_database(app, client, giver, smtp_down):
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     assert gift(client, giver, token["id"]).status_code == 200
     with app.app_context():
         send_queued_emails()
@@ -171,16 +159,16 @@ def test_until_it_is_sent_the_new_secret_waits_sealed_in_the_database(app, clien
 
 
 def test_gifting_to_your_own_address_is_allowed(app, client, giver, mailbox_files):
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     response = gift(client, giver, token["id"], giver["email"].upper())
     assert response.status_code == 200 and response.get_json()["recipient_email"] == giver["email"]
     [mail] = mails_to(app, mailbox_files, giver["email"])
-    assert status(client, SECRET_LINE.search(mail.get_content()).group(1)).status_code == 200
-    assert status(client, token["token"]).status_code == 401
+    assert proxy_status(client, SECRET_LINE.search(mail.get_content()).group(1)).status_code == 200
+    assert proxy_status(client, token["token"]).status_code == 401
 
 
 def test_the_gift_is_audited(app, client, giver):
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     assert gift(client, giver, token["id"]).status_code == 200
     with app.app_context():
         [entry] = db.session.scalars(sa.select(AuditLog).where(AuditLog.action == "token.gifted"))
@@ -204,11 +192,11 @@ def test_the_openapi_document_states_the_decisions(client):
 # --- refused -----------------------------------------------------------------------------------------------------
 
 def test_another_users_token_and_an_unknown_id_are_404(app, client, giver, accounts):
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     intruder = accounts.signed_in()
     assert gift(client, intruder, token["id"]).status_code == 404
     assert gift(client, giver, str(uuid.uuid4())).status_code == 404
-    assert status(client, token["token"]).status_code == 200
+    assert proxy_status(client, token["token"]).status_code == 200
     assert stored(app, token["id"]).gifted_at is None and gift_emails(app) == []
 
 
@@ -235,7 +223,7 @@ def _gifted(client, giver, token):
     (lambda app, client, giver, token: _gifted(client, giver, token), "already gifted"),
 ], ids=["activated", "expired", "revoked", "already-gifted"])
 def test_only_a_never_used_token_can_be_gifted(app, client, giver, make, reason):
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     make(app, client, giver, token)
     before = stored(app, token["id"])
     emails_before = len(gift_emails(app))
@@ -261,15 +249,15 @@ def test_only_a_never_used_token_can_be_gifted(app, client, giver, make, reason)
     ({"recipient_email": FRIEND, "user_id": str(uuid.uuid4())}, "user_id"),
 ])
 def test_invalid_bodies_are_422_and_change_nothing(app, client, giver, body, field):
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     response = client.post(f"/api/v1/tokens/{token['id']}/gift", headers=giver["headers"], json=body)
     assert response.status_code == 422
     assert field in response.get_json()["errors"]
-    assert stored(app, token["id"]).gifted_at is None and status(client, token["token"]).status_code == 200
+    assert stored(app, token["id"]).gifted_at is None and proxy_status(client, token["token"]).status_code == 200
 
 
 def test_without_a_jwt_it_is_401(client, giver):
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     response = client.post(f"/api/v1/tokens/{token['id']}/gift", json={"recipient_email": FRIEND})
     assert response.status_code == 401 and response.get_json()["code"] == 401
 
@@ -278,7 +266,7 @@ def test_without_a_jwt_it_is_401(client, giver):
 
 def test_a_gifted_token_cannot_be_revoked_for_a_refund_but_an_admin_can_revoke_it(app, client, giver, accounts,
                                                                                   mailbox_files):
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     assert gift(client, giver, token["id"]).status_code == 200
     [mail] = mails_to(app, mailbox_files, FRIEND)
     new = SECRET_LINE.search(mail.get_content()).group(1)
@@ -288,21 +276,21 @@ def test_a_gifted_token_cannot_be_revoked_for_a_refund_but_an_admin_can_revoke_i
 
     assert refused.status_code == 409 and "gift" in refused.get_json()["message"]
     assert balance_and_ledger(app, client, giver) == before == ("982.00", 2)
-    assert stored(app, token["id"]).revoked_at is None and status(client, new).status_code == 200
+    assert stored(app, token["id"]).revoked_at is None and proxy_status(client, new).status_code == 200
     with app.app_context():
         assert ledger.verify()["ok"]
 
     admin = accounts.signed_in(superuser=True)
     forced = client.delete(f"/api/v1/admin/tokens/{token['id']}", headers=admin["headers"])
     assert forced.status_code == 200 and forced.get_json()["status"] == "revoked"
-    assert status(client, new).status_code == 401
+    assert proxy_status(client, new).status_code == 401
     assert balance_and_ledger(app, client, giver) == before
 
 
 # --- the daily limit ---------------------------------------------------------------------------------------------
 
 def test_the_eleventh_gift_within_24_hours_is_429_until_the_oldest_leaves_the_window(app, client, giver):
-    tokens = [buy(client, giver, hours=1) for _ in range(12)]
+    tokens = [buy_token(client, giver, hours=1) for _ in range(12)]
     assert gift(client, giver, tokens[0]["id"]).status_code == 200
     with travel(timedelta(hours=2)):
         for token in tokens[1:10]:
@@ -318,7 +306,7 @@ def test_the_eleventh_gift_within_24_hours_is_429_until_the_oldest_leaves_the_wi
         assert body["code"] == 429 and body["retry_after"] - 1 <= retry_after <= body["retry_after"]
         assert "10" in body["message"]
         assert stored(app, tokens[10]["id"]).gifted_at is None
-        assert status(client, tokens[10]["token"]).status_code == 200
+        assert proxy_status(client, tokens[10]["token"]).status_code == 200
 
     with travel(timedelta(hours=24, seconds=1)):  # the first gift left the window; the nine others did not
         assert gift(client, giver, tokens[10]["id"]).status_code == 200
@@ -332,8 +320,8 @@ def test_the_limit_is_per_user(client, giver, accounts):
     other = accounts.signed_in()
     accounts.fund(other["id"], "100.00")
     for _ in range(10):
-        assert gift(client, giver, buy(client, giver, hours=1)["id"]).status_code == 200
-    assert gift(client, other, buy(client, other, hours=1)["id"]).status_code == 200
+        assert gift(client, giver, buy_token(client, giver, hours=1)["id"]).status_code == 200
+    assert gift(client, other, buy_token(client, other, hours=1)["id"]).status_code == 200
 
 
 # --- concurrency (PostgreSQL) ------------------------------------------------------------------------------------
@@ -342,7 +330,7 @@ def test_the_limit_is_per_user(client, giver, accounts):
 def test_twelve_concurrent_gifts_of_one_user_exactly_ten_succeed(app, backends, client, giver):
     if not backends.is_postgres:
         pytest.skip(POSTGRES_ONLY_REASON)
-    tokens = [buy(client, giver, hours=1) for _ in range(12)]
+    tokens = [buy_token(client, giver, hours=1) for _ in range(12)]
 
     def gifting(token):
         return lambda racer: gift(racer, giver, token["id"], f"friend-{token['id'][:8]}@example.com").status_code
@@ -360,7 +348,7 @@ def test_twelve_concurrent_gifts_of_one_user_exactly_ten_succeed(app, backends, 
 def test_ten_concurrent_gifts_of_the_same_token_exactly_one_succeeds(app, backends, client, giver, mailbox_files):
     if not backends.is_postgres:
         pytest.skip(POSTGRES_ONLY_REASON)
-    token = buy(client, giver)
+    token = buy_token(client, giver, hours=24)
     recipients = [f"friend{index}@example.com" for index in range(10)]
 
     codes = race(app, [lambda racer, to=to: gift(racer, giver, token["id"], to).status_code for to in recipients])
@@ -373,5 +361,5 @@ def test_ten_concurrent_gifts_of_the_same_token_exactly_one_succeeds(app, backen
     assert queued.to_address == winner
     [mail] = mails_to(app, mailbox_files, winner)
     new = SECRET_LINE.search(mail.get_content()).group(1)
-    assert sha256(new) == row.token_hash and status(client, new).status_code == 200
-    assert status(client, token["token"]).status_code == 401
+    assert sha256(new) == row.token_hash and proxy_status(client, new).status_code == 200
+    assert proxy_status(client, token["token"]).status_code == 401

@@ -15,9 +15,7 @@ PRICES = {1: "1.00", 12: "10.00", 24: "18.00", 168: "100.00", 720: "300.00"}
 
 @pytest.fixture
 def buyer(accounts):
-    user = accounts.signed_in()
-    accounts.fund(user["id"], "1000.00")
-    return user
+    return accounts.funded("1000.00")
 
 
 def buy(client, user, **body):
