@@ -108,6 +108,13 @@ def test_pgbouncer_refusing_connections_then_coming_back(services, bouncer, acco
             assert answer.status == 200, server.describe(repr(answer))
             busy = proxied(server, secret, DEVICE_B)
             assert busy.status == 409 and int(busy.headers["Retry-After"]) >= 1, busy
+        # What needs the database says so: 503 JSON with Retry-After, never a 500, and nothing is bought.
+        for method, path, body in (("POST", "/api/v1/tokens/purchase", {"duration_hours": 24}),
+                                   ("GET", "/api/v1/currency/balance", None), ("GET", "/api/v1/users/me", None)):
+            refused = server.call(method, path, body, user["headers"])
+            assert refused.status == 503, server.describe(repr(refused))
+            assert refused.headers["Content-Type"].startswith("application/json"), refused
+            assert refused.json()["code"] == 503 and int(refused.headers["Retry-After"]) >= 1, refused
 
         bouncer.start()
         # Back by itself: the pooled connections that broke are replaced (pre-ping), no restart.

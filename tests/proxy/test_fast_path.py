@@ -302,6 +302,34 @@ def test_after_a_failed_admit_the_next_connection_comes_through_the_pool(env, to
     assert taken == ["taken"]
 
 
+@pytest.mark.parametrize("gone", ["reset", "closed_by_the_server"])
+def test_a_threads_stale_connection_does_not_take_the_process_off_redis(env, token, monkeypatch, gone):
+    """A thread's own connection may have died while it slept (Redis restarted or was away; every other thread of
+    the process has long been back on Redis). Its next ADMIT is served on a fresh connection: Redis is not marked
+    down, the cache is not dropped, the request is a warm one (no SQL)."""
+    from fakeredis import FakeRedis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    client = runtime_of(env.app).redis
+    assert env.get("certificates/filter", token=token).status_code == 200
+    assert env.get("certificates/filter", token=token).status_code == 200
+    own = admission.own_connection(client)
+    if gone == "reset":  # the peer reset it (what a dead Redis or a relay that died leaves behind): writing fails
+        def reset(*args, **kwargs):
+            monkeypatch.delattr(own, "send_command")
+            raise RedisConnectionError("Error 104 while writing to socket. Connection reset by peer.")
+
+        monkeypatch.setattr(own, "send_command", reset)
+    else:  # a restarted Redis closed it: writing still works, the reply never comes
+        if isinstance(client, FakeRedis):
+            pytest.skip("an in-process Redis has no sockets to close (the 'reset' case covers it)")
+        assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+    with env.count_sql() as statements:
+        assert env.get("certificates/filter", token=token).status_code == 200
+    assert cache.redis_state.available() and not cache.redis_state._stale
+    assert statements == []  # admitted by Redis, from the cache
+
+
 def test_the_threads_own_redis_connection_goes_back_when_the_client_changes_and_never_crosses_fork(env, token):
     import os
 

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 from redis import Connection, ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..accounts.models import User
@@ -309,8 +310,21 @@ def own_connection(client: Redis) -> Connection:
 
 
 def _evalsha(client: Redis, args: list) -> list:
-    """EVALSHA on this thread's own connection, failing as the client would (it retries no command either)."""
+    """EVALSHA on this thread's own connection. A thread's connection can be long dead when it next runs ADMIT (Redis
+    restarted, or came back after an outage this thread slept through; each thread finds out on its own), and the
+    pool's checkout and the client's retry, which spare every other command this, are bypassed here. So a broken
+    connection (ConnectionError, not a timeout: a hanging Redis costs one timeout) gets one more try on a fresh
+    one; only when that fails too is Redis unreachable — otherwise every thread's stale connection would mark the
+    whole process down again (and drop the cache) one after another."""
     connection = own_connection(client)
+    try:
+        return _admit_round_trip(connection, args)
+    except RedisConnectionError:
+        connection = own_connection(client)
+    return _admit_round_trip(connection, args)
+
+
+def _admit_round_trip(connection: Connection, args: list) -> list:
     try:
         connection.send_command("EVALSHA", ADMIT_SHA, 1, *args)
         return connection.read_response()
