@@ -18,7 +18,9 @@ DEAD_LOCK_SECONDS = 2
 
 
 @pytest.fixture
-def worker(app_ctx):
+def worker(app, app_ctx):
+    if app.config["EMBEDDED"]:
+        pytest.skip("the embedded default has no worker: its Redis stand-in lives in this process only")
     connection = get_redis()
     worker = ReconnectingWorker([Queue("default", connection=connection)], connection=connection)
     yield worker
