@@ -151,7 +151,8 @@ def due(channel: Channel, moment: datetime, limit: int = 500) -> list[tuple[uuid
 def enqueue(channel: Channel, row_id: uuid.UUID, attempt: int, delay_seconds: float = 0) -> bool:
     """Hand attempt number `attempt` of a row to a worker, now or after `delay_seconds`, after the commit that made
     the row due. A job already in Redis for this attempt (queued, scheduled, running or just finished) is left as it
-    is: each attempt is enqueued once; unless the attempt is due now and that job will not run (`_revive`). False when Redis cannot be reached (the next sweep enqueues it).
+    is: each attempt is enqueued once; unless the attempt is due now and that job will not run (`_revive`). False
+    when Redis cannot be reached (the next sweep enqueues it).
 
     In the embedded default an immediate attempt runs inline, right here; a delayed one waits for the sweep."""
     queue = get_queue(channel.queue)
