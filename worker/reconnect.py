@@ -19,6 +19,7 @@ import logging
 import random
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +36,13 @@ log = logging.getLogger("worker")
 
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
+# An idle worker wakes this often (RQ's default blocks for worker_ttl - 15 s), below the Redis client's socket
+# timeout (2 s), so an idle wait is never mistaken for a lost connection (RQ then sleeps, backing off to 8 s).
+DEQUEUE_TIMEOUT_SECONDS = 1
+# How often a worker without a running RQ scheduler tries to take the scheduler lock over. RQ tries only in its
+# 10-minute maintenance: after the worker holding the lock was killed (the lock lives on for 61 s), delayed jobs
+# (every retry of an e-mail or a webhook) would wait up to 10 minutes.
+SCHEDULER_TAKEOVER_SECONDS = 5.0
 
 
 @dataclass
@@ -66,6 +74,26 @@ class ReconnectingWorker(InProcessWorker):
         super().__init__(*args, **kwargs)
         self.unfinished: tuple[Job, Queue] | None = None
         self.asked_to_stop = False
+        self.runs_scheduler = False
+        self.next_scheduler_takeover = 0.0
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DEQUEUE_TIMEOUT_SECONDS
+
+    def work(self, burst: bool = False, *args, with_scheduler: bool = False, **kwargs) -> bool:
+        self.runs_scheduler = with_scheduler and not burst  # a burst worker runs the scheduler once, at its start
+        self.next_scheduler_takeover = time.monotonic() + SCHEDULER_TAKEOVER_SECONDS
+        return super().work(burst, *args, with_scheduler=with_scheduler, **kwargs)
+
+    def take_over_scheduler(self) -> None:
+        """Start the RQ scheduler if no process of ours runs it and the lock is free (its holder died)."""
+        scheduler = self.scheduler
+        if not self.runs_scheduler or scheduler is None or time.monotonic() < self.next_scheduler_takeover:
+            return
+        self.next_scheduler_takeover = time.monotonic() + SCHEDULER_TAKEOVER_SECONDS
+        if scheduler._process is None or not scheduler._process.is_alive():
+            scheduler.acquire_locks(auto_start=True)
 
     def request_stop(self, signum, frame) -> None:
         # RQ leaves its loop the same way for a stop while idle and for a failure; this tells them apart.
@@ -83,6 +111,8 @@ class ReconnectingWorker(InProcessWorker):
             self.log.warning("Worker %s: Redis lost its data; registering again", self.name)
             self.register_birth()
         super().heartbeat(timeout, pipeline)
+        if pipeline is None:
+            self.take_over_scheduler()
 
     def teardown(self) -> None:
         if self.scheduler:

@@ -8,24 +8,29 @@ job only the nudge to attempt it now.
 - **Due query**: pending rows whose attempt (or lease) time has come.
 - **Enqueue**: one RQ job per attempt, with the job id `<channel>-<row id>-<attempt number>` enqueued `unique`, so
   the relay, a retry and a sweep asking for the same attempt leave one job in Redis; after Redis lost its data the
-  next sweep enqueues each due attempt once more. Jobs are named by their dotted path: this package never imports
-  `jobs/`, which imports it.
+  next sweep enqueues each due attempt once more. A job left in Redis that nothing will run any more does not count
+  as enqueued (`_revive`): a delayed one whose time is long past (no RQ scheduler moves it: the worker that held
+  the scheduler lock was killed), a failed, stopped or cancelled one, one started longer ago than its timeout (its
+  worker died before the claim). Jobs are named by their dotted path: this package never imports `jobs/`, which
+  imports it.
 - **Purge**: finished rows older than the retention.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from redis.exceptions import RedisError
 from rq import Retry
-from rq.exceptions import DuplicateJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
 
 from ..clock import ensure_utc, now
 from ..database import db, purge_in_batches
@@ -40,6 +45,11 @@ FINISHED_JOB_KEPT_SECONDS = 600
 # is kept this long, and then a sweep may enqueue the attempt again.
 JOB_RETRY_INTERVALS = (5, 30, 120)
 FAILED_JOB_KEPT_SECONDS = 900
+# A delayed job still waiting this long after its time has no RQ scheduler to move it to its queue (the scheduler
+# polls every second); a sweep that finds its attempt due moves it there itself.
+OVERDUE_SCHEDULED_SECONDS = 15
+# A job started this much longer ago than its timeout is not running any more: its worker died before the claim.
+STARTED_JOB_GRACE_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -141,7 +151,8 @@ def due(channel: Channel, moment: datetime, limit: int = 500) -> list[tuple[uuid
 def enqueue(channel: Channel, row_id: uuid.UUID, attempt: int, delay_seconds: float = 0) -> bool:
     """Hand attempt number `attempt` of a row to a worker, now or after `delay_seconds`, after the commit that made
     the row due. A job already in Redis for this attempt (queued, scheduled, running or just finished) is left as it
-    is: each attempt is enqueued once. False when Redis cannot be reached (the next sweep enqueues it).
+    is: each attempt is enqueued once; unless the attempt is due now and that job will not run (`_revive`). False
+    when Redis cannot be reached (the next sweep enqueues it).
 
     In the embedded default an immediate attempt runs inline, right here; a delayed one waits for the sweep."""
     queue = get_queue(channel.queue)
@@ -160,11 +171,54 @@ def enqueue(channel: Channel, row_id: uuid.UUID, attempt: int, delay_seconds: fl
             # RQ keeps the time to the whole second, rounded down: a second late, never before the row is due.
             queue.enqueue_in(timedelta(seconds=math.ceil(delay_seconds) + 1), channel.job, str(row_id), **options)
     except DuplicateJobError:
+        if delay_seconds <= 0:
+            try:
+                _revive(queue, channel, str(row_id), options)
+            except RedisError:
+                log.warning("cannot enqueue an attempt; the next sweep will", extra={"job_id": job_id})
+                return False
         return True
     except RedisError:
         log.warning("cannot enqueue an attempt; the next sweep will", extra={"job_id": job_id})
         return False
     return True
+
+
+def _revive(queue: Any, channel: Channel, row_id: str, options: dict[str, Any]) -> None:
+    """The attempt is due now and a job with its id is in Redis already: leave it if a worker will run it (queued,
+    running, finished, delayed to a time still to come); queue it if it is a delayed job nobody moved to its queue;
+    replace it if it will never run again (failed, stopped, cancelled, or abandoned by a dead worker)."""
+    job_id = options["job_id"]
+    try:
+        job = Job.fetch(job_id, connection=queue.connection)
+    except NoSuchJobError:
+        job = None  # gone since (expired, or Redis lost its data): enqueue it afresh
+    moment = datetime.now(UTC)  # RQ's own times are the real clock's
+    if job is not None:
+        status = job.get_status()
+        if status == JobStatus.SCHEDULED:
+            registry = queue.scheduled_job_registry
+            try:
+                late = (moment - registry.get_scheduled_time(job_id)).total_seconds()
+            except NoSuchJobError:
+                late = None  # not in the registry: being moved to its queue right now
+            if late is not None and late > OVERDUE_SCHEDULED_SECONDS and registry.remove(job_id):
+                queue.enqueue_job(job)  # the one sweep whose removal counted does the scheduler's work
+                log.warning("a delayed attempt was not moved to its queue in time; queued", extra={"job_id": job_id})
+            return
+        if status == JobStatus.STARTED:
+            started = job.started_at and (job.started_at if job.started_at.tzinfo else
+                                          job.started_at.replace(tzinfo=UTC))
+            if not started or (moment - started).total_seconds() <= (channel.job_timeout_seconds
+                                                                     + STARTED_JOB_GRACE_SECONDS):
+                return
+        elif status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            return  # queued, finished (its claim moved the row on), or on its way
+        job.delete()
+        log.warning("an attempt's job will never run again; enqueued afresh",
+                    extra={"job_id": job_id, "status": str(status)})
+    with contextlib.suppress(DuplicateJobError):  # another sweep did it meanwhile
+        queue.enqueue(channel.job, row_id, **options)
 
 
 def enqueue_due(channel: Channel, moment: datetime | None = None) -> int:
