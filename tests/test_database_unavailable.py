@@ -203,3 +203,42 @@ def test_no_pooled_connection_free_within_the_pool_timeout_is_a_503(app, backend
         assert waited.headers["Retry-After"] == str(DATABASE_RETRY_AFTER_SECONDS)
         assert busy.test_client().get("/api/v1/users/me", headers=user["headers"]).status_code == 200
         db.engine.dispose()
+
+
+def test_a_connection_dropped_before_the_end_of_request_rollback_is_not_a_500(app, backends, accounts):
+    """PostgreSQL terminates the request's connection (57P01, as a restart does) after the last query but before
+    the app context's teardown rolls the session back: the answer already made stands — that ROLLBACK has nothing
+    to undo on a connection the server dropped — instead of the teardown's error escaping Flask as a 500 (seen
+    under load in tests/e2e/test_database_restart_e2e.py), and the dropped connection goes back to no one."""
+    if not backends.is_postgres:
+        pytest.skip("needs PostgreSQL (TEST_DATABASE_URL): the server terminates the connection")
+    from zenzefi_backend import create_app
+    from zenzefi_backend.extensions import db
+
+    config = {name: app.config[name] for name in ("ZENZEFI_ENV", "DATABASE_URL", "REDIS_URL", "ZENZEFI_UPSTREAM_URL",
+                                                  "PASSWORD_HASH_TIME_COST", "PASSWORD_HASH_MEMORY_KIB")}
+    dropping = create_app({**config, "RATELIMIT_ENABLED": False})
+    killer = sa.create_engine(sa.engine.make_url(backends.database_url).set(drivername="postgresql+psycopg"),
+                              poolclass=sa.pool.NullPool)
+
+    @dropping.after_request
+    def terminate_the_request_connection(response):
+        backend_pid = db.session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with killer.begin() as connection:
+            assert connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend_pid}).scalar()
+        return response
+
+    user = accounts.signed_in()
+    try:
+        answered = dropping.test_client().get("/api/v1/currency/balance", headers=user["headers"])
+        assert answered.status_code == 200, answered.get_json()
+        assert answered.get_json()["balance"] == "0.00"
+        with dropping.app_context():
+            assert db.engine.pool.checkedout() == 0  # the dropped connection did not leak out of the pool
+            dropping.after_request_funcs[None].remove(terminate_the_request_connection)
+            again = dropping.test_client().get("/api/v1/currency/balance", headers=user["headers"])
+            assert again.status_code == 200, again.get_json()
+    finally:
+        killer.dispose()
+        with dropping.app_context():
+            db.engine.dispose()

@@ -36,6 +36,7 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
 
 from . import jsonbody, limit_headers  # noqa: E402
 from .config import build_config, load_env_file  # noqa: E402
+from .database import release_session_on_teardown  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
 from .extensions import api, db, jwt, limiter, metrics_requested, migrate, redis_connection  # noqa: E402
 from .extensions import metrics as http_metrics  # noqa: E402 - the package also has a `metrics` module
@@ -138,6 +139,7 @@ def create_app(config_overrides: Mapping[str, Any] | None = None) -> Flask:
          expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"])
     jsonbody.init_app(app)  # before the limiter's hooks: bodies are capped before anything could read one
     db.init_app(app)
+    release_session_on_teardown(app)  # after db.init_app: runs before its teardown
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"))
     redis_connection.init_app(app)
     jwt.init_app(app)

@@ -8,11 +8,13 @@ from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
+from flask import Flask
 from flask_sqlalchemy.session import Session as FlaskSession
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from .clock import ensure_utc, now
+from .errors import database_unreachable
 from .extensions import db
 from .money import quantize
 
@@ -152,3 +154,24 @@ def purge_in_batches(model: type, *conditions: sa.ColumnElement[bool]) -> int:
         if deleted == 0:
             return purged
         purged += deleted
+
+
+def release_session_on_teardown(app: Flask) -> None:
+    """Call right after `db.init_app(app)`: Flask runs teardowns in reverse order, so this one ends the session
+    before Flask-SQLAlchemy's `session.remove()` (which then finds none). That end-of-request ROLLBACK fails when
+    the server dropped the connection after the request's last query (PostgreSQL restarting: 57P01); raised from
+    a teardown, the error escapes every error handler and the worker answers 500 instead of the response already
+    made. A connection the server dropped holds nothing uncommitted, so that failure is logged and the session
+    discarded (its connection invalidated, never pooled again); any other failure still raises."""
+
+    @app.teardown_appcontext
+    def _release_session(_error: BaseException | None) -> None:
+        try:
+            db.session.remove()
+        except Exception as error:
+            if not database_unreachable(error):
+                raise
+            log.warning("database connection lost before the end-of-request rollback; session discarded",
+                        extra={"error_type": type(getattr(error, "orig", None) or error).__name__})
+            db.session.registry().invalidate()
+            db.session.registry.clear()
