@@ -6,8 +6,8 @@ primary can be reached, SPEC §3.6), follows the replica the Sentinels promote, 
 webhook or e-mail; the ledger verifies. Sentinels that name no primary at all: readiness says so (503 JSON),
 the rest keeps working, and everything comes back by itself once they name one again.
 
-The worker runs with a restart policy, as compose runs it (`restart: unless-stopped`): RQ's worker may exit when
-its Redis connection breaks in the middle of its loop; the outbox in PostgreSQL is what makes that lose nothing.
+The worker waits for Redis and reconnects by itself (worker/reconnect.py); it still runs under a restart policy, as
+compose runs it (`restart: unless-stopped`), and the test prints how often that policy had to act.
 """
 from __future__ import annotations
 
@@ -131,11 +131,13 @@ def buyers_for(stack: Stack, accounts, receiver: Receiver) -> list[Buyer]:
 def assert_one_api_counter(server: Gunicorn, user: dict) -> None:
     """Flask-Limiter counts in the Sentinels' primary: one countdown for both gunicorn workers."""
     remaining = []
-    for _ in range(6):  # fresh connections: both workers
+    for _ in range(20):  # fresh connections, until both workers have answered (which one accepts is up to them)
         answer = server.call("GET", "/api/v1/users/me", headers=user["headers"])
         assert answer.status == 200, server.describe(repr(answer))
         remaining.append(int(answer.headers["X-RateLimit-Remaining"]))
-    assert remaining == list(range(remaining[0], remaining[0] - 6, -1)), f"not one counter: {remaining}"
+        if len(remaining) >= 6 and len(set(server.served("GET", "/api/v1/users/me"))) == server.workers:
+            break
+    assert remaining == list(range(remaining[0], remaining[0] - len(remaining), -1)), f"not one counter: {remaining}"
     assert len(set(server.served("GET", "/api/v1/users/me"))) == server.workers
 
 
