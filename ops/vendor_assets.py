@@ -7,8 +7,8 @@
 registry's integrity hash); only the files the docs pages load, and their licences, are copied to
 zenzefi_backend/static/vendor/<package>-<version>/, any other version of that package is removed, and
 zenzefi_backend/static/vendor/SHA256SUMS (`sha256sum -c` format) is rewritten. The docs pages find the files
-through SWAGGER_UI_DIST / REDOC_STANDALONE in zenzefi_backend/config.py; the script says when those name another
-version.
+through SWAGGER_UI_DIST / REDOC_STANDALONE in zenzefi_backend/config/__init__.py; the script says when those
+name another version.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENDOR = ROOT / "zenzefi_backend" / "static" / "vendor"
 SUMS = VENDOR / "SHA256SUMS"
-CONFIG = ROOT / "zenzefi_backend" / "config.py"
+CONFIG = ROOT / "zenzefi_backend" / "config" / "__init__.py"
 
 # Per npm package: file in the tarball (under package/) -> name in the vendored directory.
 PACKAGES: dict[str, dict[str, str]] = {

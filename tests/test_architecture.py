@@ -12,7 +12,7 @@ ROOT = PACKAGE.name
 # The shared modules at the package root that every domain stands on.
 GROUND_FLOOR = frozenset(f"{ROOT}.{name}" for name in (
     "clock", "config", "database", "errors", "extensions", "idempotency", "jsonbody", "limit_headers", "metrics",
-    "money", "openapi", "pagination", "record_views", "redis_url", "schemas", "sealing", "events",
+    "money", "openapi", "pagination", "record_views", "config.redis_url", "schemas", "sealing", "events",
 ))
 
 

@@ -6,7 +6,7 @@ from limits.storage import RedisSentinelStorage, RedisStorage, storage_from_stri
 from redis.sentinel import SentinelConnectionPool
 
 from zenzefi_backend.config import ConfigError, build_config
-from zenzefi_backend.redis_url import RedisTarget, parse_redis_url
+from zenzefi_backend.config.redis_url import RedisTarget, parse_redis_url
 
 TIMEOUTS = {"socket_timeout": 1.5, "socket_connect_timeout": 0.5}
 

@@ -72,8 +72,9 @@ else:
 
 
 class RedisConnection:
-    """The app's Redis client — the server or Sentinel-named primary of `REDIS_URL` (redis_url.py builds it), else
-    an in-process stand-in. Caches, the device holder, queues, the scheduler lease and the worker all use it."""
+    """The app's Redis client — the server or Sentinel-named primary of `REDIS_URL` (config/redis_url.py builds
+    it), else an in-process stand-in. Caches, the device holder, queues, the scheduler lease and the worker all
+    use it."""
 
     extension_key = "zenzefi-redis"
 

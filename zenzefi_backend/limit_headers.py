@@ -2,8 +2,8 @@
 every response of a limited route; `Retry-After` only on the 429, with the seconds until the window frees up,
 rounded up; and a 429 body that says what is limited and when it frees up.
 
-Flask-Limiter's own header code is switched off (`RATELIMIT_HEADERS_ENABLED=False` in config.py): it puts
-`Retry-After` on every response, 200s included, and truncates it (a client retrying after it is refused
+Flask-Limiter's own header code is switched off (`RATELIMIT_HEADERS_ENABLED=False` in config/__init__.py): it
+puts `Retry-After` on every response, 200s included, and truncates it (a client retrying after it is refused
 again). The limiter still decides and counts; this module only reads its verdict (`limiter.current_limit`).
 Redis reports a key's TTL in whole seconds rounded to the nearest, so the exact expiry comes from PTTL.
 """

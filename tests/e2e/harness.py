@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 
 from tests.fixtures.loopback import LOOPBACK, LoopbackServer
 from tests.support import REAL_SERVICES_REASON, Backends, make_backends
-from zenzefi_backend.redis_url import parse_redis_url
+from zenzefi_backend.config.redis_url import parse_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"

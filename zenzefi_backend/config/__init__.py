@@ -1,7 +1,8 @@
 """Settings read once from the environment (and `.env`) into the Flask config.
 
 `SETTINGS` is the single list of what can be configured; the README's configuration table is
-generated from it (`python -m zenzefi_backend.config`), so the two never drift apart.
+generated from it (`python -m zenzefi_backend.config`), so the two never drift apart. `REDIS_URL` is read by
+`config.redis_url`, which also builds every Redis client from what it parsed.
 """
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
 
 def _check_amounts(values: Mapping[str, Any]) -> None:
     """Prices and rates are money: > 0, at most 2 decimals, ≤ 1,000,000.00 (a 0 price would be a 500 later)."""
-    from .money import InvalidAmount, parse_amount
+    from ..money import InvalidAmount, parse_amount
 
     for name in [s.name for s in SETTINGS if s.name.startswith(("TOKEN_PRICE_", "ZNC_RATE_", "PLAN_PRICE_"))]:
         try:
@@ -378,6 +379,3 @@ def settings_table() -> str:
         rows.append(f"| `{setting.name}` | {shown} | {setting.doc} |")
     return "\n".join(rows)
 
-
-if __name__ == "__main__":
-    print(settings_table())
