@@ -9,10 +9,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "zenzefi_backend"
 ROOT = PACKAGE.name
 
-# The shared modules at the package root that every domain stands on.
+# The shared modules at the package root (and their submodules) that every domain stands on.
 GROUND_FLOOR = frozenset(f"{ROOT}.{name}" for name in (
-    "clock", "config", "database", "errors", "extensions", "idempotency", "jsonbody", "limit_headers", "metrics",
-    "money", "openapi", "pagination", "record_views", "config.redis_url", "schemas", "sealing", "events",
+    "clock", "config", "config.redis_url", "database", "errors", "events", "extensions", "idempotency",
+    "limit_headers", "metrics", "money", "openapi", "openapi.jsonbody", "pagination", "record_views", "schemas",
+    "sealing",
 ))
 
 

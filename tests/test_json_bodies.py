@@ -12,7 +12,7 @@ import pytest
 
 from tests.payments.helpers import Provider, create_payment
 from zenzefi_backend import errors as errors_module
-from zenzefi_backend.jsonbody import MAX_DEPTH, MalformedJson, loads
+from zenzefi_backend.openapi.jsonbody import MAX_DEPTH, MalformedJson, loads
 
 DEPTH = 900
 HOSTILE_BODIES = {

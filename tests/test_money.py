@@ -4,8 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from zenzefi_backend.jsonbody import loads
 from zenzefi_backend.money import InvalidAmount, format_amount, parse_amount, quantize, round_down
+from zenzefi_backend.openapi.jsonbody import loads
 
 
 @pytest.mark.parametrize(

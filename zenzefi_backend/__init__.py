@@ -34,13 +34,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
     del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
-from . import jsonbody, limit_headers  # noqa: E402
+from . import limit_headers  # noqa: E402
 from .config import build_config, load_env_file  # noqa: E402
 from .database import release_session_on_teardown  # noqa: E402
 from .errors import register_error_handlers  # noqa: E402
 from .extensions import api, db, jwt, limiter, metrics_requested, migrate, redis_connection  # noqa: E402
 from .extensions import metrics as http_metrics  # noqa: E402 - the package also has a `metrics` module
-from .openapi import SECURITY_SCHEMES  # noqa: E402
+from .openapi import SECURITY_SCHEMES, jsonbody  # noqa: E402
 
 
 def _configure_logging(level: str) -> None:

@@ -6,8 +6,6 @@ from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
 import sqlalchemy as sa
 
-from .jsonbody import JsonFloat
-
 CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("1000000.00")
 
@@ -24,8 +22,20 @@ class InvalidAmount(ValueError):
     """The input is not an acceptable money amount."""
 
 
+class JsonFloat(float):
+    """A JSON number with a fraction or exponent, as a float that keeps its source text (the body decoder,
+    `openapi.jsonbody`, makes them), so `parse_amount` sees how the client wrote it."""
+
+    text: str
+
+    def __new__(cls, text: str) -> JsonFloat:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
 def _written_form(value: object) -> str:
-    """How the client wrote the amount: a JSON number keeps its source text (`jsonbody.JsonFloat`)."""
+    """How the client wrote the amount: a JSON number keeps its source text (`JsonFloat`)."""
     if isinstance(value, JsonFloat):
         return value.text
     if isinstance(value, float):

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from ... import jsonbody
 from ...clock import now
 from ...errors import BadRequest
 from ...money import InvalidAmount, parse_amount
+from ...openapi import jsonbody
 from ..models import MAX_EVENT_ID_LENGTH
 from .base import CallbackRejected, PaymentProvider, ProviderVerdict
 

@@ -4,7 +4,7 @@ webhook go through `loads`, so a hostile body is a clear 400 (or 413, see `limit
 - Nesting deeper than MAX_DEPTH levels is refused: the C decoder recurses per level (`[`×100000 is a
   RecursionError), and so does everything that walks the result afterwards (marshmallow, our NUL check, the
   idempotency fingerprint). No request body here needs more than a few levels.
-- A number with a fraction or an exponent is a `JsonFloat`: a float that remembers its text, so money
+- A number with a fraction or an exponent is a `money.JsonFloat`: a float that remembers its text, so money
   parsing can tell `1e2` from `100` (`money.parse_amount`).
 """
 from __future__ import annotations
@@ -16,22 +16,13 @@ from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..money import JsonFloat
+
 MAX_DEPTH = 32
 
 
 class MalformedJson(ValueError):
     """The body is not JSON we accept; the message says why, in a few words a client can act on."""
-
-
-class JsonFloat(float):
-    """A JSON number with a fraction or exponent, as a float that keeps its source text."""
-
-    text: str
-
-    def __new__(cls, text: str) -> JsonFloat:
-        number = super().__new__(cls, text)
-        number.text = text
-        return number
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

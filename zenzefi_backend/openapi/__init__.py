@@ -1,4 +1,5 @@
-"""Security schemes and error documentation shared by every blueprint."""
+"""What every blueprint stands on: the project's Blueprint (its bodies decoded by `jsonbody`, the one request
+body decoder), security schemes and error documentation."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,8 +11,8 @@ import flask_smorest
 from marshmallow import missing
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 
+from ..errors import ErrorSchema
 from . import jsonbody
-from .errors import ErrorSchema
 
 
 class JsonBodyParser(FlaskParser):
