@@ -127,14 +127,14 @@ def test_retention_follows_audit_retention_days(app, accounts, monkeypatch):
 
 def test_purge_works_in_batches(app, accounts, monkeypatch):
     from zenzefi_backend import database
-    from zenzefi_backend.audit import services
+    from zenzefi_backend.audit import retention
 
     monkeypatch.setattr(database, "PURGE_BATCH", 2)
     with clock.travel(timedelta(days=-40)):
         for _ in range(3):
             accounts.register()
     with app.app_context():
-        assert services.purge_audit_logs(clock.now() - timedelta(days=30)) == 3
+        assert retention.purge_audit_logs(clock.now() - timedelta(days=30)) == 3
     assert audit_rows(app) == []
 
 

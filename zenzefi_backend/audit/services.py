@@ -1,6 +1,7 @@
 """The audit writer: rows join the caller's transaction, so they commit (or roll back) with the change.
 `record_outcome` writes one business outcome every way it is told (audit row, outbox events, metrics) in one
-call. Also the audit trail as superusers read it, and its retention."""
+call. Also the audit trail as superusers read it. Everything here is a piece: nothing commits or rolls back (the
+retention sweep, which commits per batch, is `audit.retention`)."""
 from __future__ import annotations
 
 import uuid
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from flask import has_request_context, request
 
 from .. import metrics
-from ..database import db, purge_in_batches
+from ..database import db
 from ..notifications.outbox import emit
 from ..pagination import paginate
 from .models import AuditLog
@@ -73,8 +74,3 @@ def audit_logs(*, actor_id: uuid.UUID | None = None, action: str | None = None, 
     if since is not None:
         statement = statement.where(AuditLog.created_at >= since)
     return paginate(statement, limit, offset)
-
-
-def purge_audit_logs(older_than: datetime) -> int:
-    """Delete the rows created before `older_than` (see `purge_in_batches`)."""
-    return purge_in_batches(AuditLog, AuditLog.created_at < older_than)

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from flask import current_app
 
-from ..audit.services import purge_audit_logs
+from ..audit.retention import purge_audit_logs
 from ..clock import now
 
 

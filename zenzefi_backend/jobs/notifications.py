@@ -7,8 +7,7 @@ from flask import current_app
 
 from ..clock import now
 from ..notifications.email import purge_sent_emails
-from ..notifications.outbox import purge_dispatched_events
-from ..notifications.relay import relay_new_events, relay_outbox
+from ..notifications.relay import purge_dispatched_events, relay_new_events, relay_outbox
 from ..notifications.reminders import remind_expiring_tokens
 from ..notifications.webhooks import purge_delivery_log
 

@@ -8,20 +8,22 @@ queued"; a commit sets it and enqueues a run only if it was not set, and the run
 outbox. A commit that found the flag set is therefore seen by the queued run, and the last commit of a burst is
 relayed within the time one run takes — never left for the next minute. The flag expires, so a run lost with
 its Redis data stops no later nudge.
+
+Everything here is a piece of the caller's transaction: nothing commits or rolls back (forgetting relayed events,
+a sweep that commits per batch, is the relay's: `relay.purge_dispatched_events`).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import uuid
-from datetime import datetime
 from typing import Any
 
 from blinker import Namespace
 from flask import current_app, has_app_context
 from redis.exceptions import RedisError
 
-from ..database import after_commit, db, purge_in_batches
+from ..database import after_commit, db
 from ..extensions import get_queue, get_redis
 from .models import EVENT_TYPES, OutboxEvent
 
@@ -68,8 +70,3 @@ def take_nudge() -> None:
     """Called by a relay run before it reads the outbox: commits from now on ask for a run of their own."""
     with contextlib.suppress(RedisError):
         get_redis().delete(NUDGE_KEY)
-
-
-def purge_dispatched_events(older_than: datetime) -> int:
-    """Forget relayed events created before `older_than`."""
-    return purge_in_batches(OutboxEvent, OutboxEvent.dispatched_at.is_not(None), OutboxEvent.created_at < older_than)

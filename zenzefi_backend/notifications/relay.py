@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from ..accounts.models import User
 from ..clock import now
-from ..database import db
+from ..database import db, purge_in_batches
 from ..ledger.services import LOW_BALANCE_THRESHOLD
 from ..money import format_amount
 from . import delivery, webhooks
@@ -175,3 +175,8 @@ def relay_new_events() -> dict[str, int]:
 def relay_outbox() -> dict[str, int]:
     """The run every 60 s: the new events (a queued asked-for run still runs), then the sweep."""
     return {"events": relay_events().events, **enqueue_due()}
+
+
+def purge_dispatched_events(older_than: datetime) -> int:
+    """Forget relayed events created before `older_than` (a sweep: commits per batch, see `purge_in_batches`)."""
+    return purge_in_batches(OutboxEvent, OutboxEvent.dispatched_at.is_not(None), OutboxEvent.created_at < older_than)
