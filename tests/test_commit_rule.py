@@ -51,7 +51,7 @@ PIECE_MODULES = {
 MARKER = "the caller's own change"
 
 
-# --- the static side: which functions are pieces, and which of them end a transaction themselves ---------------
+# The static side: which functions are pieces, and which of them end a transaction themselves.
 
 def _functions(body: list[ast.stmt], prefix: str = "") -> Iterator[tuple[str, ast.FunctionDef, bool]]:
     """(qualified name, node, is top-level) of every function in `body`, methods and nested functions included."""
@@ -106,7 +106,7 @@ def piece_function(name: str) -> Callable[..., Any]:
     raise LookupError(name)
 
 
-# --- the behaviour side: a piece called in the test's own transaction -------------------------------------------
+# The behaviour side: a piece called in the test's own transaction.
 
 @dataclass
 class Watched:
