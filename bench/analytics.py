@@ -30,59 +30,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
-from bench.report import table  # noqa: E402
-from tests.e2e.harness import VENV_BIN, child_env  # noqa: E402
+from bench.harness import add_service_options, migrate, throwaway_database  # noqa: E402
+from bench.report import log, percentile, table  # noqa: E402
 
 TARGETS_MS = {"usage": 20.0, "global": 250.0, "cached": 5.0}
 FLUSH_RATIO_TARGET = 1.2
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-@contextmanager
-def throwaway_database(server: str) -> Iterator[str]:
-    """A fresh database on `server`, dropped afterwards whatever happens; yields its URL."""
-    server_url = make_url(server).set(drivername="postgresql+psycopg")
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = f"zenzefi_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    log(f"database {name} created on {server_url.host}:{server_url.port}")
-    try:
-        yield server_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        log(f"database {name} dropped")
-
-
-def migrate(database_url: str, redis_url: str, revision: str) -> float:
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="zenzefi-bench-") as instance:
-        done = subprocess.run([str(VENV_BIN / "flask"), "--app", "wsgi", "db", "upgrade", revision], cwd=ROOT,
-                              env=child_env(database_url, redis_url, Path(instance)), capture_output=True, text=True,
-                              timeout=3600)
-    if done.returncode != 0:
-        raise SystemExit(f"flask db upgrade {revision} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - started
 
 
 # Every statement takes :users, :sessions, :entries and :days. Times are spread uniformly over the last :days days.
@@ -171,15 +135,6 @@ def analyze(database_url: str) -> None:
         connection.execute(sa.text("DROP TABLE bench_users, bench_tokens"))
         connection.execute(sa.text("VACUUM ANALYZE"))
     engine.dispose()
-
-
-def percentiles(samples_ms: list[float]) -> tuple[float, float, float]:
-    ordered = sorted(samples_ms)
-
-    def at(p: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
-
-    return at(50), at(90), at(99)
 
 
 def timed(call: Callable[[], object], before: Callable[[], object] | None, count: int) -> list[float]:
@@ -352,9 +307,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=200, help="requests measured per cell (default 200)")
     parser.add_argument("--flush-sessions", type=int, default=1000)
     parser.add_argument("--flush-rounds", type=int, default=5)
-    parser.add_argument("--database-server", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13",
-                        help="a Redis DB of its own: the benchmark writes counters and cache entries there")
+    add_service_options(parser, "redis://127.0.0.1:6379/13",
+                        "a Redis DB of its own: the benchmark writes counters and cache entries there")
     args = parser.parse_args()
     load_before = os.getloadavg()
     began = time.perf_counter()
@@ -363,11 +317,11 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, database_url: str, load_before: tuple[float, float, float], began: float) -> int:
-    migrate(database_url, args.redis_url, "0008_gifts")
+    migrate(database_url, args.redis_url, "0008_gifts", timeout=3600)
     log(f"generating {args.users:,} users, {args.sessions:,} proxy sessions and {args.entries:,} ledger entries "
         f"over {args.days} days")
     setup = generate(database_url, args)
-    seconds = migrate(database_url, args.redis_url, "head")
+    seconds = migrate(database_url, args.redis_url, timeout=3600)
     setup.append(["migration 0009 (builds the rollups)", f"{seconds:.1f} s"])
     log(f"  migration 0009: {seconds:.1f} s")
     analyze(database_url)
@@ -390,7 +344,7 @@ def run(args: argparse.Namespace, database_url: str, load_before: tuple[float, f
     rows = [["measurement", "samples", "p50 ms", "p90 ms", "p99 ms", "target", "verdict"]]
     failed = False
     for label, samples in results.items():
-        p50, p90, p99 = percentiles(samples)
+        p50, p90, p99 = (percentile(samples, p) for p in (50, 90, 99))
         target = ("usage" if label == "usage, uncached" else "global" if label == "admin/global, uncached"
                   else "cached" if label.endswith("cached") else None)
         verdict = ""

@@ -22,10 +22,7 @@ was not delivered, a signature did not verify, or p99 of `token.purchased` in th
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -43,12 +40,11 @@ import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from rq import Worker as RqWorker  # noqa: E402
 from rq.registry import FailedJobRegistry, FinishedJobRegistry  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 from standardwebhooks import Webhook  # noqa: E402
 
-from bench.purchase import Client, must, sign_up  # noqa: E402
-from bench.report import table  # noqa: E402
-from tests.e2e.harness import LOOPBACK, VENV_BIN, Gunicorn, Worker, child_env  # noqa: E402
+from bench.harness import Client, add_service_options, migrate, must, sign_up, throwaway_database  # noqa: E402
+from bench.report import cpu_seconds, percentile, table  # noqa: E402
+from tests.e2e.harness import LOOPBACK, Gunicorn, Worker  # noqa: E402
 from tests.support import SmtpSink  # noqa: E402
 
 PURCHASE = "/api/v1/tokens/purchase"
@@ -58,20 +54,8 @@ CLIENT_THREADS = 8
 WAIT_FOR_DELIVERY_SECONDS = 180
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
-
-
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def epoch(iso: str) -> float:
@@ -227,28 +211,12 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=24, help="users, each with one webhook endpoint (default 24)")
     parser.add_argument("--topups-per-second", type=float, default=1.0, help="mock top-ups per second (default 1)")
     parser.add_argument("--drain", type=int, default=600, help="purchases in the drain phase (0: skip it)")
-    parser.add_argument("--database-server", default="postgresql://postgres@127.0.0.1:5432/test",
-                        help="PostgreSQL to create the throw-away database on")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="a Redis DB of its own (flushed)")
+    add_service_options(parser, "redis://127.0.0.1:6379/14", "a Redis DB of its own (flushed)")
     args = parser.parse_args()
 
-    server_url = make_url(args.database_server)
-    admin_engine = sa.create_engine(server_url.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT",
-                                    poolclass=sa.pool.NullPool)
-    name = f"zenzefi_bench_{uuid.uuid4().hex[:12]}"
-    database_url = server_url.set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False)
-    with admin_engine.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    print(f"database {name} created on {server_url.host}:{server_url.port}; redis {args.redis_url}")
-    redis.Redis.from_url(args.redis_url).flushdb()
-    try:
+    with throwaway_database(args.database_server, f"; redis {args.redis_url}") as database_url:
+        redis.Redis.from_url(args.redis_url).flushdb()
         return bench(args, database_url)
-    finally:
-        with admin_engine.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin_engine.dispose()
-        print(f"database {name} dropped")
 
 
 def wait_delivered(load: Load, receiver: Receiver, sink_messages: TimedList, seconds: float) -> None:
@@ -263,12 +231,7 @@ def wait_delivered(load: Load, receiver: Receiver, sink_messages: TimedList, sec
 
 
 def bench(args: argparse.Namespace, database_url: str) -> int:
-    with tempfile.TemporaryDirectory(prefix="zenzefi-bench-") as instance:
-        upgrade = subprocess.run([str(VENV_BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT,
-                                 env=child_env(database_url, args.redis_url, Path(instance)), capture_output=True,
-                                 text=True, timeout=120)
-    if upgrade.returncode != 0:
-        raise SystemExit(f"flask db upgrade failed:\n{upgrade.stderr[-2000:]}")
+    migrate(database_url, args.redis_url)
 
     receiver = Receiver()
     with SmtpSink() as sink:

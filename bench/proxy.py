@@ -37,13 +37,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import table  # noqa: E402
+from bench.report import cpu_seconds, log, percentile, table  # noqa: E402
 
 UPSTREAM_PATH = "/bench/1k"
 DOWNLOAD_PATH = "/bench/1g"
@@ -51,7 +50,6 @@ PROXY_PREFIX = "/api/v1/proxy"
 BODY_BYTES = 1024
 DOWNLOAD_BYTES = 1 << 30
 DEVICE_ID = "bench-device-0001"
-PASSWORD = "bench password 1"  # noqa: S105 - a throw-away account in a throw-away database
 STARTUP_SECONDS = 60.0
 DOWNLOAD_LIMIT_SECONDS = 180.0
 RSS_SAMPLE_SECONDS = 0.05
@@ -63,10 +61,6 @@ RATIO_TARGET = 1.0
 RATIO_AIM = 1.2
 ADDED_P50_MS = 1.0
 ADDED_P99_MS = 8.0
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 def free_port() -> int:
@@ -157,14 +151,6 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return sorted(found)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
 
 
 def rss_kb(pid: int) -> int | None:
@@ -414,15 +400,10 @@ class PythonLoad:
         elapsed = time.perf_counter() - began
         if cell is None:
             return
-        ordered = sorted(latencies)
-
-        def percentile(p: float) -> float:
-            return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000 if ordered else float("nan")
-
-        cell.rps = len(ordered) / elapsed
-        cell.requests = len(ordered)
-        cell.p50_ms, cell.p90_ms, cell.p99_ms = percentile(50), percentile(90), percentile(99)
-        cell.max_ms = ordered[-1] * 1000 if ordered else float("nan")
+        cell.rps = len(latencies) / elapsed
+        cell.requests = len(latencies)
+        cell.p50_ms, cell.p90_ms, cell.p99_ms = (percentile(latencies, p) * 1000 for p in (50, 90, 99))
+        cell.max_ms = max(latencies, default=float("nan")) * 1000
         cell.non_2xx, cell.socket_errors, cell.timeouts = counts["non_2xx"], counts["socket"], counts["timeouts"]
 
 
@@ -452,49 +433,21 @@ def measure(load, target: str, url: str, headers: dict[str, str], connection_cou
 # --- the full proxy's setup ---------------------------------------------------------------------------------
 
 
-class Api:
-    def __init__(self, port: int):
-        self.port = port
-
-    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-             expected: int = 200) -> Any:
-        payload = None if body is None else json.dumps(body).encode()
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, body=payload, headers={
-                **(headers or {}), **({"Content-Type": "application/json"} if payload is not None else {})})
-            answer = connection.getresponse()
-            data = answer.read()
-        finally:
-            connection.close()
-        if answer.status != expected:
-            raise RuntimeError(f"{method} {path}: expected {expected}, got {answer.status}: {data[:500]!r}")
-        return json.loads(data) if data else None
-
-    def sign_up(self, name: str) -> dict[str, Any]:
-        email = f"{name}@bench.example.com"
-        user = self.call("POST", "/api/v1/auth/register", {"email": email, "username": name, "password": PASSWORD},
-                         expected=201)
-        tokens = self.call("POST", "/api/v1/auth/login", {"email": email, "password": PASSWORD})
-        return {"id": user["id"], "headers": {"Authorization": f"Bearer {tokens['access_token']}"}}
-
-
 def buy_token(port: int, database_url: str) -> str:
     """A superuser funds a fresh user, who buys a 24 h token: its secret."""
-    import sqlalchemy as sa
+    from bench.harness import Client, must, sign_up, sign_up_superuser
 
-    api = Api(port)
+    client = Client(port)
     tag = uuid.uuid4().hex[:8]
-    admin = api.sign_up(f"bench_admin_{tag}")
-    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as connection:
-        connection.execute(sa.text("UPDATE users SET is_superuser = true WHERE id = :id"),
-                           {"id": uuid.UUID(admin["id"])})
-    engine.dispose()
-    user = api.sign_up(f"bench_user_{tag}")
-    api.call("POST", f"/api/v1/admin/users/{user['id']}/balance-adjustments",
-             {"amount": "1000.00", "reason": "benchmark funding"}, admin["headers"], expected=201)
-    return api.call("POST", "/api/v1/tokens/purchase", {"duration_hours": 24}, user["headers"], expected=201)["token"]
+    try:
+        admin = sign_up_superuser(client, database_url, f"bench_admin_{tag}")
+        user = sign_up(client, f"bench_user_{tag}")
+        must(client.call("POST", f"/api/v1/admin/users/{user['id']}/balance-adjustments",
+                         {"amount": "1000.00", "reason": "benchmark funding"}, admin["headers"]), 201, "fund")
+        return must(client.call("POST", "/api/v1/tokens/purchase", {"duration_hours": 24}, user["headers"]), 201,
+                    "purchase")["token"]
+    finally:
+        client.close()
 
 
 # --- the 1 GiB download -------------------------------------------------------------------------------------
@@ -667,10 +620,10 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, connection_counts: list[int], cleanup: contextlib.ExitStack, workdir: Path) -> int:
-    import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
-    from tests.e2e.harness import VENV_BIN, child_env
+    from bench.harness import migrate, throwaway_database
+    from tests.e2e.harness import child_env
 
     load = Wrk(workdir) if shutil.which("wrk") else PythonLoad()
     use_nginx = args.upstream == "nginx" or (args.upstream == "auto" and shutil.which("nginx") is not None)
@@ -698,28 +651,11 @@ def run(args: argparse.Namespace, connection_counts: list[int], cleanup: context
     log(f"upstream: {label} on {upstream_url}, {UPSTREAM_PATH} = {BODY_BYTES} bytes")
 
     # The database.
-    server_url = make_url(args.database_server).set(drivername="postgresql+psycopg")
-    admin_engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = f"zenzefi_bench_{uuid.uuid4().hex[:12]}"
-    database_url = server_url.set(database=name).render_as_string(hide_password=False)
-    with admin_engine.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop_database() -> None:
-        with admin_engine.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin_engine.dispose()
-        log(f"database {name} dropped")
-
-    cleanup.callback(drop_database)
+    database_url = cleanup.enter_context(throwaway_database(args.database_server, announce=None))
     instance = workdir / "instance"
     instance.mkdir()
-    upgrade = subprocess.run([str(VENV_BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT,
-                             env=child_env(database_url, args.redis_url, instance), capture_output=True, text=True,
-                             timeout=180)
-    if upgrade.returncode != 0:
-        raise SystemExit(f"flask db upgrade failed:\n{upgrade.stderr[-2000:]}")
-    log(f"database {name} created and upgraded; redis {args.redis_url}")
+    migrate(database_url, args.redis_url, instance=instance)
+    log(f"database {make_url(database_url).database} created and upgraded; redis {args.redis_url}")
     log("")
 
     cells: list[Cell] = []

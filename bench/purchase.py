@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -31,51 +29,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import sqlalchemy as sa  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-
-from bench.report import table  # noqa: E402
-from tests.e2e.harness import LOOPBACK, VENV_BIN, Gunicorn, child_env  # noqa: E402
+from bench.harness import (  # noqa: E402
+    REQUEST_TIMEOUT,
+    Client,
+    add_service_options,
+    migrate,
+    must,
+    sign_up,
+    sign_up_superuser,
+    throwaway_database,
+)
+from bench.report import percentile, table  # noqa: E402
+from tests.e2e.harness import Gunicorn  # noqa: E402
 
 PURCHASE = "/api/v1/tokens/purchase"
 FUNDING = Decimal("1000000.00")  # the largest single adjustment: far more 1 h tokens than one run can buy
-PASSWORD = "bench password 1"  # noqa: S105 - a throw-away account in a throw-away database
-REQUEST_TIMEOUT = 10.0
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection to the server; reconnects after an error."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.connection: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-             ) -> tuple[int, Any]:
-        payload = None if body is None else json.dumps(body).encode()
-        all_headers = {**(headers or {}), **({"Content-Type": "application/json"} if payload is not None else {})}
-        for attempt in (1, 2):
-            if self.connection is None:
-                self.connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=REQUEST_TIMEOUT)
-            try:
-                self.connection.request(method, path, body=payload, headers=all_headers)
-                answer = self.connection.getresponse()
-                data = answer.read()
-                if answer.getheader("Connection", "").lower() == "close":
-                    self.close()
-                return answer.status, (json.loads(data) if data else None)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                # The server closed an idle keep-alive connection: retry once on a new one (before any
-                # bytes of this request were processed, so a retry cannot double-buy).
-                self.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
 
 
 @dataclass
@@ -96,12 +64,6 @@ class Phase:
     @property
     def bought(self) -> int:
         return self.outcomes["201"]
-
-    def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        if not ordered:
-            return float("nan")
-        return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
     def errors(self) -> str:
         failures = {outcome: count for outcome, count in self.outcomes.items() if outcome != "201"}
@@ -141,22 +103,6 @@ def run_phase(port: int, phase: Phase, headers_per_thread: list[dict[str, str]],
     phase.seconds = time.perf_counter() - began
 
 
-def must(result: tuple[int, Any], expected: int, what: str) -> Any:
-    status, body = result
-    if status != expected:
-        raise SystemExit(f"{what}: expected {expected}, got {status}: {body}")
-    return body
-
-
-def sign_up(client: Client, name: str) -> dict[str, Any]:
-    email = f"{name}@bench.example.com"
-    user = must(client.call("POST", "/api/v1/auth/register",
-                            {"email": email, "username": name, "password": PASSWORD}), 201, f"register {name}")
-    tokens = must(client.call("POST", "/api/v1/auth/login", {"email": email, "password": PASSWORD}), 200,
-                  f"login {name}")
-    return {"id": user["id"], "headers": {"Authorization": f"Bearer {tokens['access_token']}"}}
-
-
 def balance_of(client: Client, user: dict[str, Any]) -> Decimal:
     return Decimal(must(client.call("GET", "/api/v1/currency/balance", headers=user["headers"]), 200,
                         "balance")["balance"])
@@ -168,38 +114,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase (default 20)")
     parser.add_argument("--users", type=int, default=32, help="users created for phase 1 (default 32)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument("--database-server", default="postgresql://postgres@127.0.0.1:5432/test",
-                        help="PostgreSQL to create the throw-away database on")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    add_service_options(parser, "redis://127.0.0.1:6379/12")
     args = parser.parse_args()
     if args.threads < 1 or args.seconds <= 0 or args.users < 1:
         parser.error("--threads, --seconds and --users must be positive")
 
-    server_url = make_url(args.database_server)
-    admin_engine = sa.create_engine(server_url.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT",
-                                    poolclass=sa.pool.NullPool)
-    name = f"zenzefi_bench_{uuid.uuid4().hex[:12]}"
-    database_url = server_url.set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False)
-    with admin_engine.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    print(f"database {name} created on {server_url.host}:{server_url.port}; redis {args.redis_url}")
-    try:
+    with throwaway_database(args.database_server, f"; redis {args.redis_url}") as database_url:
         return bench(args, database_url)
-    finally:
-        with admin_engine.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin_engine.dispose()
-        print(f"database {name} dropped")
 
 
 def bench(args: argparse.Namespace, database_url: str) -> int:
-    with tempfile.TemporaryDirectory(prefix="zenzefi-bench-") as instance:
-        upgrade = subprocess.run([str(VENV_BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT,
-                                 env=child_env(database_url, args.redis_url, Path(instance)), capture_output=True,
-                                 text=True, timeout=120)
-    if upgrade.returncode != 0:
-        raise SystemExit(f"flask db upgrade failed:\n{upgrade.stderr[-2000:]}")
+    migrate(database_url, args.redis_url)
     print("flask db upgrade: ok")
 
     # Registration is rate limited per client IP, and every bench user registers from 127.0.0.1.
@@ -207,13 +132,7 @@ def bench(args: argparse.Namespace, database_url: str) -> int:
     with Gunicorn(database_url, args.redis_url, extra_env=env, workers=args.workers) as server:
         setup = Client(server.port)
         tag = uuid.uuid4().hex[:6]
-        admin = sign_up(setup, f"bench_admin_{tag}")
-        engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
-        with engine.begin() as connection:
-            connection.execute(sa.text("UPDATE users SET is_superuser = true WHERE id = :id"),
-                               {"id": uuid.UUID(admin["id"])})
-        engine.dispose()  # the admin's JWT stays valid: the superuser flag is read from the user row per request
-
+        admin = sign_up_superuser(setup, database_url, f"bench_admin_{tag}")
         users = [sign_up(setup, f"bench_{tag}_{i}") for i in range(args.users)]
         shared = sign_up(setup, f"bench_{tag}_shared")
         for user in [*users, shared]:
@@ -231,7 +150,7 @@ def bench(args: argparse.Namespace, database_url: str) -> int:
         rows = [["phase", "threads", "purchases", "purchases/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"]]
         for phase in (own, one):
             rows.append([phase.name, str(phase.threads), str(phase.bought), f"{phase.bought / phase.seconds:.1f}",
-                         f"{phase.percentile(50):.1f}", f"{phase.percentile(90):.1f}", f"{phase.percentile(99):.1f}",
+                         *(f"{percentile(phase.latencies_ms, p):.1f}" for p in (50, 90, 99)),
                          f"{max(phase.latencies_ms, default=float('nan')):.1f}", phase.errors()])
         print()
         print(table(rows))

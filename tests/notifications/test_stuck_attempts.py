@@ -8,38 +8,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import sqlalchemy as sa
-from rq import Queue
 from rq.job import Job, JobStatus
 
-from zenzefi_backend.extensions import db, get_redis
-from zenzefi_backend.jobs.notifications import relay_new_events_job, relay_outbox_job
+from zenzefi_backend.extensions import get_redis
+from zenzefi_backend.jobs.notifications import relay_outbox_job
 from zenzefi_backend.notifications import delivery, webhooks
-from zenzefi_backend.notifications.models import WebhookDelivery
-
-ENDPOINTS = "/api/v1/webhooks/endpoints"
-
-
-@pytest.fixture
-def with_workers(app):
-    if app.config["EMBEDDED"]:
-        pytest.skip("the embedded default runs each attempt inline when it is enqueued: there is no queue")
-
-
-@pytest.fixture
-def first_attempt(app_ctx, with_workers, client, accounts, receiver):
-    """A delivery whose first attempt is queued in "webhooks": (queue, delivery id)."""
-    user = accounts.signed_in()
-    client.post(ENDPOINTS, headers=user["headers"], json={"url": receiver.url(), "events": ["token.purchased"]})
-    accounts.fund(user["id"], "1")
-    bought = client.post("/api/v1/tokens/purchase", headers=user["headers"], json={"duration_hours": 1})
-    assert bought.status_code == 201, bought.get_json()
-    relay_new_events_job()
-    [delivery_id] = db.session.scalars(sa.select(WebhookDelivery.id))
-    db.session.rollback()
-    queue = Queue("webhooks", connection=get_redis())
-    assert queue.get_job_ids() == [f"webhook-{delivery_id}-1"]
-    return queue, delivery_id
 
 
 def test_a_retry_no_scheduler_moved_to_its_queue_is_queued_by_the_sweep(first_attempt, receiver, timeline):

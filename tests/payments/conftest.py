@@ -8,7 +8,7 @@ import pytest
 
 from zenzefi_backend import clock
 
-from .helpers import Provider, create_payment
+from .helpers import Provider, top_up
 
 
 @pytest.fixture
@@ -23,9 +23,7 @@ def user(accounts) -> dict:
 
 @pytest.fixture
 def payment(client, user) -> dict:
-    response = create_payment(client, user)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
+    return top_up(client, user)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from zenzefi_backend.audit.models import AuditLog
 from zenzefi_backend.extensions import db
 from zenzefi_backend.ledger import services as ledger
 from zenzefi_backend.ledger.models import Transaction
+from zenzefi_backend.payments import services
 from zenzefi_backend.payments.models import PaymentWebhookEvent
 
 PURCHASE = "/api/v1/currency/purchase"
@@ -69,6 +70,18 @@ class Provider:
 
 def create_payment(client: FlaskClient, user: dict, **body):
     return client.post(PURCHASE, headers=user["headers"], json={"amount_znc": "100", **body})
+
+
+def top_up(client: FlaskClient, user: dict, **body) -> dict:
+    """`create_payment`, which must answer 201: the payment it created."""
+    response = create_payment(client, user, **body)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def reconcile(app: Flask) -> dict[str, int]:
+    with app.app_context():
+        return services.reconcile_pending_payments()
 
 
 def balance(client: FlaskClient, user: dict) -> str:

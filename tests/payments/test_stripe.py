@@ -22,6 +22,7 @@ from zenzefi_backend.notifications.models import OutboxEvent
 from zenzefi_backend.payments import services
 from zenzefi_backend.payments.models import Payment, PaymentWebhookEvent
 
+from . import helpers
 from .helpers import (
     PURCHASE,
     WEBHOOK,
@@ -33,6 +34,7 @@ from .helpers import (
     create_payment,
     deposits,
     event,
+    reconcile,
     sign,
     status_of,
 )
@@ -43,9 +45,8 @@ IGNORED = {"received": True, "processed": False}
 
 
 def top_up(client, user, **body) -> dict:
-    response = create_payment(client, user, **{"currency": "USD", **body})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
+    """In dollars unless the test says otherwise: Stripe takes USD and EUR, not the API's default currency."""
+    return helpers.top_up(client, user, **{"currency": "USD", **body})
 
 
 def session_id_of(app, payment: dict) -> str:
@@ -75,11 +76,6 @@ def checkout_event(session: dict, event_type: str = "checkout.session.completed"
 
 def rejections(app) -> list[str]:
     return [entry.details["reason"] for entry in audits(app, "payment.webhook_rejected")]
-
-
-def reconcile(app) -> dict[str, int]:
-    with app.app_context():
-        return services.reconcile_pending_payments()
 
 
 # --- creation ------------------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from tests.fixtures.race import race
 from tests.support import app_config, postgres_only
 from zenzefi_backend import clock
 from zenzefi_backend.extensions import db
-from zenzefi_backend.payments import services
 from zenzefi_backend.payments.models import Payment, PaymentWebhookEvent
 
 from .helpers import (
@@ -31,7 +30,9 @@ from .helpers import (
     count,
     create_payment,
     deposits,
+    reconcile,
     status_of,
+    top_up,
 )
 
 WEBHOOK = "/api/v1/webhooks/payment/yookassa"
@@ -56,19 +57,8 @@ def notify(client: FlaskClient, shop: FakeYooKassa, their_id: str | None = None,
     return client.post(WEBHOOK, data=raw, content_type="application/json", environ_base={"REMOTE_ADDR": address})
 
 
-def top_up(client: FlaskClient, user: dict, **body) -> dict:
-    response = create_payment(client, user, **body)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
-
-
 def rejections(app, reason: str) -> list:
     return [a for a in audits(app, "payment.webhook_rejected") if a.details["reason"] == reason]
-
-
-def reconcile(app) -> dict[str, int]:
-    with app.app_context():
-        return services.reconcile_pending_payments()
 
 
 # --- creation ------------------------------------------------------------------------------------------------------
