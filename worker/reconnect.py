@@ -5,12 +5,14 @@ job's end being recorded — or at start-up makes `Worker.work` give up ("found 
 Here the process does not: it waits until Redis answers again (backoff with jitter, capped), makes sure the job
 it was running is not lost, and starts a fresh RQ worker on the same queues.
 
-What "not lost" means for the job that was running when Redis went away (its end was never recorded): once Redis
-is back it is queued again, at the front, with its id, arguments and retries — from Redis if Redis still has it
-(a network blip, a restart with persistence), from this process's copy if Redis lost its data. Jobs are
-idempotent (SPEC §4), so running one again after it did its work but could not say so is safe. Jobs that were
-only queued when Redis lost its data are not this process's to know: the database keeps what they were for (the
-outbox, the e-mail and delivery rows) and the relay and the periodic scheduler enqueue them again.
+What "not lost" means for the job that was running when Redis went away (its end was never recorded, or it was
+taken from its queue but never marked started): once Redis is back it is queued again, at the front, with its id,
+arguments and retries — from Redis if Redis still has it (a network blip, a restart with persistence), from this
+process's copy if Redis lost its data. Jobs are idempotent (SPEC §4), so running one again after it did its work
+but could not say so is safe. Jobs that were only queued when Redis lost its data, or that RQ took from a queue
+but lost before it handed them over (the job's data could not be read), are not this process's to know: the
+database keeps what they were for (the outbox, the e-mail and delivery rows) and the relay and the periodic
+scheduler enqueue them again (notifications/delivery.py replaces a "queued" job that is in no queue).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
+from zenzefi_backend.extensions import waits_in_queue
 from zenzefi_backend.jobs.queues import InProcessWorker
 
 log = logging.getLogger("worker")
@@ -133,8 +136,10 @@ def requeue_unfinished(connection: Redis, job: Job, queue: Queue) -> bool:
         status = Job.fetch(job.id, connection=connection).get_status()
     except NoSuchJobError:
         status = None  # Redis lost it (or all of its data)
-    if status not in (None, JobStatus.STARTED):
-        return False  # finished, failed, queued again or scheduled for a retry: RQ has it in hand
+    if status == JobStatus.QUEUED and waits_in_queue(Queue(queue.name, connection=connection), job.id):
+        return False  # queued again already
+    if status not in (None, JobStatus.STARTED, JobStatus.QUEUED):
+        return False  # finished, failed or scheduled for a retry: RQ has it in hand
     registry = StartedJobRegistry(queue.name, connection=connection)
     stale = [entry for entry in connection.zrange(registry.key, 0, -1)
              if entry.decode().partition(":")[0] == job.id]

@@ -101,3 +101,12 @@ def get_redis() -> redis.Redis:
 def get_queue(name: str = "default") -> Queue:
     """RQ queue; in the embedded default jobs run inline, in the caller's process."""
     return Queue(name, connection=get_redis(), is_async=not current_app.config["EMBEDDED"])
+
+
+def waits_in_queue(queue: Queue, job_id: str) -> bool:
+    """Whether a job is in its queue, or in the list a one-queue worker moves it to as it takes it. A job that says
+    "queued" and is in neither was taken by a worker that lost Redis before it could mark the job started (RQ
+    takes a job and marks it in two steps): nothing will run it."""
+    connection = queue.connection
+    return (connection.lpos(queue.key, job_id) is not None
+            or connection.lpos(queue.intermediate_queue_key, job_id) is not None)

@@ -69,3 +69,13 @@ def test_a_job_already_queued_again_is_not_queued_twice(queue):
     job = queue.enqueue(JOB, "/dev/null", "queued", job_id="job-queued")
     assert requeue_unfinished(queue.connection, job, queue) is False
     assert queue.get_job_ids() == ["job-queued"]
+
+
+def test_a_job_taken_from_its_queue_but_never_marked_started_is_queued_again(queue):
+    """RQ takes a job and marks it started in two steps: Redis lost in between leaves it "queued" in no queue."""
+    job = queue.enqueue(JOB, "/dev/null", "taken", job_id="job-taken")
+    queue.remove(job.id)
+    assert Job.fetch(job.id, connection=queue.connection).get_status() == JobStatus.QUEUED
+    assert requeue_unfinished(queue.connection, job, queue) is True
+    assert queue.get_job_ids() == ["job-taken"]
+

@@ -64,3 +64,22 @@ def test_an_attempt_whose_worker_died_before_the_claim_is_enqueued_again_after_t
     relay_outbox_job()
     relay_outbox_job()
     assert queue.get_job_ids() == ([job_id] if enqueued_again else [])
+
+
+@pytest.mark.parametrize(("taken_to", "enqueued_again"), [("nowhere", True), ("the one-queue worker's list", False)])
+def test_an_attempt_whose_job_a_worker_took_but_never_marked_started_is_enqueued_again(
+        first_attempt, taken_to, enqueued_again):
+    """RQ takes a job from its queue and marks it started in two steps; a worker that lost Redis in between (its
+    connection killed, the primary failing over) leaves a job that says "queued" and is in no queue."""
+    queue, delivery_id = first_attempt
+    job_id = f"webhook-{delivery_id}-1"
+    redis = get_redis()
+    if taken_to == "nowhere":
+        assert redis.lpop(queue.key) == job_id.encode()
+    else:  # a worker of this queue alone moves the job to a list of its own as it takes it: it will start it
+        assert redis.lmove(queue.key, queue.intermediate_queue_key) == job_id.encode()
+    assert Job.fetch(job_id, connection=redis).get_status() == JobStatus.QUEUED
+
+    relay_outbox_job()
+    relay_outbox_job()
+    assert queue.get_job_ids() == ([job_id] if enqueued_again else [])

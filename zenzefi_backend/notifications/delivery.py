@@ -11,7 +11,8 @@ job only the nudge to attempt it now.
   next sweep enqueues each due attempt once more. A job left in Redis that nothing will run any more does not count
   as enqueued (`_revive`): a delayed one whose time is long past (no RQ scheduler moves it: the worker that held
   the scheduler lock was killed), a failed, stopped or cancelled one, one started longer ago than its timeout (its
-  worker died before the claim). Jobs are named by their dotted path: this package never imports `jobs/`, which
+  worker died before the claim), a "queued" one that is in no queue (a worker took it and lost Redis before it
+  could mark it started). Jobs are named by their dotted path: this package never imports `jobs/`, which
   imports it.
 - **Purge**: finished rows older than the retention.
 """
@@ -34,7 +35,7 @@ from rq.job import Job, JobStatus
 
 from ..clock import ensure_utc, now
 from ..database import db, purge_in_batches
-from ..extensions import get_queue
+from ..extensions import get_queue, waits_in_queue
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +186,8 @@ def enqueue(channel: Channel, row_id: uuid.UUID, attempt: int, delay_seconds: fl
 
 
 def _revive(queue: Any, channel: Channel, row_id: str, options: dict[str, Any]) -> None:
-    """The attempt is due now and a job with its id is in Redis already: leave it if a worker will run it (queued,
-    running, finished, delayed to a time still to come); queue it if it is a delayed job nobody moved to its queue;
-    replace it if it will never run again (failed, stopped, cancelled, or abandoned by a dead worker)."""
+    """The attempt is due now and a job with its id is in Redis already: leave it if a worker will run it; queue it
+    if it is a delayed job nobody moved to its queue; replace it if nothing will run it (`_will_run`)."""
     job_id = options["job_id"]
     try:
         job = Job.fetch(job_id, connection=queue.connection)
@@ -206,19 +206,28 @@ def _revive(queue: Any, channel: Channel, row_id: str, options: dict[str, Any]) 
                 queue.enqueue_job(job)  # the one sweep whose removal counted does the scheduler's work
                 log.warning("a delayed attempt was not moved to its queue in time; queued", extra={"job_id": job_id})
             return
-        if status == JobStatus.STARTED:
-            started = job.started_at and (job.started_at if job.started_at.tzinfo else
-                                          job.started_at.replace(tzinfo=UTC))
-            if not started or (moment - started).total_seconds() <= (channel.job_timeout_seconds
-                                                                     + STARTED_JOB_GRACE_SECONDS):
-                return
-        elif status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-            return  # queued, finished (its claim moved the row on), or on its way
+        if _will_run(queue, channel, job, status, moment):
+            return
         job.delete()
         log.warning("an attempt's job will never run again; enqueued afresh",
                     extra={"job_id": job_id, "status": str(status)})
     with contextlib.suppress(DuplicateJobError):  # another sweep did it meanwhile
         queue.enqueue(channel.job, row_id, **options)
+
+
+def _will_run(queue: Any, channel: Channel, job: Job, status: JobStatus | None, moment: datetime) -> bool:
+    """Whether a worker runs (or ran) this job: yes if it is in a queue, running, finished (its claim moved the row
+    on) or on its way; no if it failed, was stopped or cancelled, started longer ago than its timeout (its worker
+    died before the claim), or says "queued" from no queue (its worker lost Redis as it took it). A sweep that
+    looks in the few milliseconds between a worker taking a job and marking it started replaces a job that runs:
+    the claim lets one of the two make the attempt."""
+    if status == JobStatus.QUEUED:
+        return waits_in_queue(queue, job.id)
+    if status == JobStatus.STARTED:
+        started = job.started_at and (job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC))
+        return not started or (moment - started).total_seconds() <= (channel.job_timeout_seconds
+                                                                     + STARTED_JOB_GRACE_SECONDS)
+    return status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 
 def enqueue_due(channel: Channel, moment: datetime | None = None) -> int:
