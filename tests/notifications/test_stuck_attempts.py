@@ -1,7 +1,8 @@
 """A due attempt whose job sits in Redis but will never run is handed to a worker by the next sweep, within seconds
 of being asked, not after the job's id expires (10-15 minutes): a delayed retry that no RQ scheduler moved to its
-queue (the worker holding the scheduler lock was killed), a job that failed for good, or one whose worker died
-before it claimed the row. A job a worker will still run is left alone: each attempt is enqueued once."""
+queue (the worker holding the scheduler lock was killed), a job that failed for good, one whose worker died
+before it claimed the row, or one a worker took from its queue and lost with its Redis connection before it could
+mark it started. A job a worker will still run is left alone: each attempt is enqueued once."""
 from __future__ import annotations
 
 import time
