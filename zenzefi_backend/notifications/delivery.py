@@ -14,6 +14,9 @@ job only the nudge to attempt it now.
   worker died before the claim), a "queued" one that is in no queue (a worker took it and lost Redis before it
   could mark it started). Jobs are named by their dotted path: this package never imports `jobs/`, which
   imports it.
+- **Answer**: what an attempt that was made found out is written down even if the database is away for a moment
+  right after the send (`record_answer`): the message went out and cannot be taken back, so the worker waits for
+  the database rather than letting the lease run out and the message go out again.
 - **Purge**: finished rows older than the retention.
 """
 from __future__ import annotations
@@ -21,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from redis.exceptions import RedisError
@@ -35,6 +39,7 @@ from rq.job import Job, JobStatus
 
 from ..clock import ensure_utc, now
 from ..database import db, purge_in_batches
+from ..errors import database_unreachable
 from ..extensions import get_queue, waits_in_queue
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,11 @@ FAILED_JOB_KEPT_SECONDS = 900
 OVERDUE_SCHEDULED_SECONDS = 15
 # A job started this much longer ago than its timeout is not running any more: its worker died before the claim.
 STARTED_JOB_GRACE_SECONDS = 30
+# An attempt's answer is written down again after these pauses while the database is unreachable: about 16 s in
+# all, which fits in every channel's job timeout after its longest send.
+RECORD_RETRY_SECONDS = (0.25, 0.5, 1, 2, 4, 8)
+
+Answer = TypeVar("Answer")
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,25 @@ def abandon(channel: Channel, row_id: uuid.UUID, **values: Any) -> bool:
         .values(status=channel.failed, last_error="the last attempt never reported an answer", **values)
         .returning(model.id)
     ).scalar() is not None
+
+
+def record_answer(write: Callable[[], Answer]) -> Answer:
+    """Run `write`, which writes down what a sent attempt found out and commits, until it succeeds while the database
+    is unreachable (RECORD_RETRY_SECONDS); any other error, or the last one, is raised. Each try starts on a fresh
+    transaction, so `write` does all its work from the ids it is given."""
+    pauses = iter(RECORD_RETRY_SECONDS)
+    while True:
+        try:
+            return write()
+        except sa.exc.SQLAlchemyError as error:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                db.session.rollback()
+            pause = next(pauses, None)
+            if pause is None or not database_unreachable(error):
+                raise
+            log.warning("cannot write down an attempt's answer: the database is unreachable; trying again",
+                        extra={"in_seconds": pause})
+            time.sleep(pause)
 
 
 def due(channel: Channel, moment: datetime, limit: int = 500) -> list[tuple[uuid.UUID, int]]:

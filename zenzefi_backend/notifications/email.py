@@ -1,8 +1,8 @@
 """E-mail: queued as rows in the caller's transaction, sent by RQ jobs over SMTP (or as `.eml` files).
 
-Claimed, retried, enqueued and purged by the delivery mechanism it shares with webhooks (delivery.py): sent with
-no DB transaction open, then marked sent — at least once: a worker that dies between the SMTP answer and the
-commit sends it again after the lease.
+Claimed, retried, enqueued and purged by the delivery mechanism it shares with webhooks (delivery.py): sent, then
+marked sent (waiting for a database that is away for a moment, `delivery.record_answer`) — at least once: a worker
+that dies between the SMTP answer and the commit sends it again after the lease.
 """
 from __future__ import annotations
 
@@ -125,37 +125,42 @@ def _deliver(mime: MimeMessage) -> None:
 
 def send_email(email_id: uuid.UUID) -> str:
     """One attempt to send one e-mail. Safe to call twice at once: only one caller claims it."""
-    if delivery.claim(CHANNEL, email_id) is None:
+    claimed = delivery.claim(CHANNEL, email_id)
+    if claimed is None:
         return delivery.why_not_claimed(CHANNEL, email_id, on_abandon=_abandon)
     message = db.session.get(EmailMessage, email_id, populate_existing=True)
     if message is None:
         db.session.rollback()
         return f"nothing to do: {CHANNEL.missing}"
+    attempt, kind, mime = claimed.attempts, message.kind, _mime(message)
+    db.session.rollback()  # no transaction open while the SMTP server takes its time
     try:
-        _deliver(_mime(message))
+        _deliver(mime)
     except PermanentFailure as exc:
-        return _failed(message, str(exc), retry=False)
+        error, retry = str(exc), False
     except (smtplib.SMTPException, OSError) as exc:
-        return _failed(message, f"{type(exc).__name__}: {exc}", retry=True)
-    message.status = "sent"
-    message.sent_at = now()
-    message.body_sealed = None  # it may carry a token secret; once sent we keep only that it was sent
-    message.last_error = None
-    count(emails_sent, kind=message.kind)
+        error, retry = f"{type(exc).__name__}: {exc}", True
+    else:
+        return delivery.record_answer(lambda: _sent(email_id, kind))
+    return delivery.record_answer(lambda: _failed(email_id, attempt, error, retry=retry))
+
+
+def _update(email_id: uuid.UUID) -> sa.Update:
+    return sa.update(EmailMessage).where(EmailMessage.id == email_id).execution_options(synchronize_session=False)
+
+
+def _sent(email_id: uuid.UUID, kind: str) -> str:
+    # The body may carry a token secret; once sent we keep only that it was sent.
+    db.session.execute(_update(email_id).values(status="sent", sent_at=now(), body_sealed=None, last_error=None))
+    count(emails_sent, kind=kind)
     db.session.commit()
     return "sent"
 
 
-def _failed(message: EmailMessage, error: str, *, retry: bool) -> str:
-    message.last_error = error[:255]
-    attempt = message.attempts
+def _failed(email_id: uuid.UUID, attempt: int, error: str, *, retry: bool) -> str:
     delay = delivery.retry_delay(CHANNEL, attempt) if retry else None
-    if delay is None:
-        message.status = "failed"
-        message.body_sealed = None
-    else:
-        message.next_attempt_at = now() + delay
-    email_id = message.id
+    outcome = {"status": "failed", "body_sealed": None} if delay is None else {"next_attempt_at": now() + delay}
+    db.session.execute(_update(email_id).values(last_error=error[:255], **outcome))
     db.session.commit()
     log.warning("e-mail not sent", extra={"email_id": str(email_id), "error": error[:255], "retry": bool(delay)})
     if delay is not None:

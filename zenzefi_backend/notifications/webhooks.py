@@ -169,7 +169,8 @@ def deliver(delivery_id: uuid.UUID) -> str:
                        "the signing secret is unreadable after a server key change; re-create the endpoint",
                        final=True)
     status, error = _send(endpoint.url, message_id, payload, secret)
-    return _record(delivery_id, endpoint_id, attempt, status, error, failures_before=endpoint.consecutive_failures)
+    return delivery.record_answer(lambda: _record(delivery_id, endpoint_id, attempt, status, error,
+                                                  failures_before=endpoint.consecutive_failures))
 
 
 def _abandon(delivery_id: uuid.UUID) -> str:
