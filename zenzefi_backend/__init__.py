@@ -15,7 +15,10 @@ once `commit()` has returned, and their receivers, each on its own, commit their
 Departure from shared/ARCHITECTURE.md: the transactional outbox rows and the audit rows are written in the
 changing transaction (`audit.services.record_outcome`), not by after-commit subscribers, so an event the user is
 told about and the change it describes commit together; only what lives outside PostgreSQL (the proxy's Redis
-cache) or may run in a transaction of its own (ending proxy sessions) follows the after-commit events.
+cache) or may run in a transaction of its own (ending proxy sessions) follows the after-commit events. And `config`
+and `openapi` are packages, not single files: the REDIS_URL parser (`config.redis_url`) and the request-body decoder
+(`openapi.jsonbody`) live inside the ground-floor module that needs them, so the ground floor stays the list of
+modules shared/tools/import_cycles.py knows.
 """
 from __future__ import annotations
 
