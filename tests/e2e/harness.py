@@ -419,6 +419,23 @@ ACCESS_LOG_FORMAT = 'access %(p)s "%(m)s %(U)s" %(s)s'
 ACCESS_LOG_LINE = re.compile(r'^access <(?P<pid>\d+)> "(?P<method>[A-Z]+) (?P<target>\S+)" (?P<status>\d{3})$')
 
 
+class PinnedConnection:
+    """A keep-alive connection to gunicorn: the gthread worker that accepted it serves every request on it."""
+
+    def __init__(self, host: str, port: int, pid: int, connection: http.client.HTTPConnection):
+        self.host, self.port, self.pid, self._connection = host, port, pid, connection
+
+    def call(self, method: str, path: str, headers: dict[str, str] | None = None) -> Response:
+        started = time.perf_counter()
+        self._connection.request(method, path, headers=headers or {})
+        answer = self._connection.getresponse()
+        body = answer.read()
+        return Response(answer.status, dict(answer.getheaders()), body, time.perf_counter() - started)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
 class Gunicorn(_Process):
     """`gunicorn -c gunicorn.conf.py wsgi:app` on a free loopback port, 2 gthread workers by default.
 
@@ -486,6 +503,40 @@ class Gunicorn(_Process):
             if match and match["method"] == method and match["target"].split("?")[0] == path:
                 pids.append(int(match["pid"]))
         return pids
+
+    def connection_to_each_worker(self, tries: int = 200) -> list[PinnedConnection]:
+        """One keep-alive connection served by each worker, so that a test can spread its requests over all of them
+        whichever worker the kernel hands new connections to. Each connection is opened with a probe that names
+        it in the access log (`GET /probe-<random>`, a 404 outside the API, counted by no limit); connections
+        that landed on a worker already found are closed. (Keep them busy: gunicorn closes a connection idle for
+        `keepalive` seconds.)"""
+        found: dict[int, PinnedConnection] = {}
+        for _ in range(tries):
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=10.0)
+            target = f"/probe-{uuid.uuid4().hex}"
+            connection.request("GET", target)
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == 404, self.describe(f"probe {target}: {answer.status}")
+            pid = wait_for(lambda target=target: self._served_target("GET", target), 10,
+                           lambda target=target: self.describe(f"the probe {target} is not in the access log"),
+                           step=0.02)
+            if pid in found:
+                connection.close()
+                continue
+            found[pid] = PinnedConnection(self.host, self.port, pid, connection)
+            if len(found) == self.workers:
+                return list(found.values())
+        for pinned in found.values():
+            pinned.close()
+        pytest.fail(self.describe(f"{tries} new connections reached only the workers {sorted(found)}"))
+
+    def _served_target(self, method: str, target: str) -> int | None:
+        for line in tail(self.stdout_path, lines=1_000_000).splitlines():
+            match = ACCESS_LOG_LINE.match(line)
+            if match and match["method"] == method and match["target"] == target:
+                return int(match["pid"])
+        return None
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 timeout: float = 5.0, body: bytes | None = None) -> Response:

@@ -42,9 +42,12 @@ def test_request_counter_sums_every_worker(services):
     with Gunicorn(services.database_url, services.redis_url) as server:
         # Start-up probes were counted too (some may have been answered to a client that had given up).
         before = read_metrics(server)
+        connections = server.connection_to_each_worker()  # so that both workers count some of ours
         already_served = len(server.served("GET", "/health/live"))
-        for _ in range(REQUESTS):
-            assert server.get("/health/live").status == 200
+        for index in range(REQUESTS):
+            assert connections[index % len(connections)].call("GET", "/health/live").status == 200
+        for connection in connections:
+            connection.close()
         ours = wait_for(lambda: server.served("GET", "/health/live")[already_served:]
                         if len(server.served("GET", "/health/live")) >= already_served + REQUESTS else None,
                         5, lambda: server.describe("the access log does not show our requests"))
