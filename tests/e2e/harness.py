@@ -419,18 +419,23 @@ ACCESS_LOG_FORMAT = 'access %(p)s "%(m)s %(U)s" %(s)s'
 ACCESS_LOG_LINE = re.compile(r'^access <(?P<pid>\d+)> "(?P<method>[A-Z]+) (?P<target>\S+)" (?P<status>\d{3})$')
 
 
+def timed_request(connection: http.client.HTTPConnection, method: str, path: str,
+                  headers: dict[str, str] | None = None, body: bytes | None = None) -> Response:
+    """One request on `connection`, its answer read whole."""
+    started = time.perf_counter()
+    connection.request(method, path, body=body, headers=headers or {})
+    answer = connection.getresponse()
+    return Response(answer.status, dict(answer.getheaders()), answer.read(), time.perf_counter() - started)
+
+
 class PinnedConnection:
     """A keep-alive connection to gunicorn: the gthread worker that accepted it serves every request on it."""
 
-    def __init__(self, host: str, port: int, pid: int, connection: http.client.HTTPConnection):
-        self.host, self.port, self.pid, self._connection = host, port, pid, connection
+    def __init__(self, pid: int, connection: http.client.HTTPConnection):
+        self.pid, self._connection = pid, connection
 
     def call(self, method: str, path: str, headers: dict[str, str] | None = None) -> Response:
-        started = time.perf_counter()
-        self._connection.request(method, path, headers=headers or {})
-        answer = self._connection.getresponse()
-        body = answer.read()
-        return Response(answer.status, dict(answer.getheaders()), body, time.perf_counter() - started)
+        return timed_request(self._connection, method, path, headers)
 
     def close(self) -> None:
         self._connection.close()
@@ -514,42 +519,29 @@ class Gunicorn(_Process):
         for _ in range(tries):
             connection = http.client.HTTPConnection(self.host, self.port, timeout=10.0)
             target = f"/probe-{uuid.uuid4().hex}"
-            connection.request("GET", target)
-            answer = connection.getresponse()
-            answer.read()
-            assert answer.status == 404, self.describe(f"probe {target}: {answer.status}")
-            pid = wait_for(lambda target=target: self._served_target("GET", target), 10,
+            answer = timed_request(connection, "GET", target)
+            assert answer.status == 404, self.describe(f"probe {target}: {answer!r}")
+            pid = wait_for(lambda target=target: next(iter(self.served("GET", target)), None), 10,
                            lambda target=target: self.describe(f"the probe {target} is not in the access log"),
                            step=0.02)
             if pid in found:
                 connection.close()
                 continue
-            found[pid] = PinnedConnection(self.host, self.port, pid, connection)
+            found[pid] = PinnedConnection(pid, connection)
             if len(found) == self.workers:
                 return list(found.values())
         for pinned in found.values():
             pinned.close()
         pytest.fail(self.describe(f"{tries} new connections reached only the workers {sorted(found)}"))
 
-    def _served_target(self, method: str, target: str) -> int | None:
-        for line in tail(self.stdout_path, lines=1_000_000).splitlines():
-            match = ACCESS_LOG_LINE.match(line)
-            if match and match["method"] == method and match["target"] == target:
-                return int(match["pid"])
-        return None
-
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 timeout: float = 5.0, body: bytes | None = None) -> Response:
         """One request on a fresh connection, so the kernel may hand it to either worker."""
         connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        started = time.perf_counter()
         try:
-            connection.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
-            answer = connection.getresponse()
-            body = answer.read()
+            return timed_request(connection, method, path, {"Connection": "close", **(headers or {})}, body)
         finally:
             connection.close()
-        return Response(answer.status, dict(answer.getheaders()), body, time.perf_counter() - started)
 
     def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> Response:
         return self.request("GET", path, headers=headers, timeout=timeout)
