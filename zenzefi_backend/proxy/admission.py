@@ -179,7 +179,7 @@ def _admit_with_redis(runtime: ProxyRuntime, token_hash: str, device_id: str, pa
             continue
         if verdict == "user_miss":
             cache_result = "cache_miss"
-            owner = TokenState.loads(reply[1]).owner_id
+            owner = TokenState.cached(reply[1]).owner_id
             with runtime.app_context():
                 user = user_from_database(owner)
                 if user is not None:
@@ -199,7 +199,7 @@ def _admit_with_redis(runtime: ProxyRuntime, token_hash: str, device_id: str, pa
         if verdict == "limited":
             raise ProxyRateLimited(int(reply[3]))
         # "claim": no device holds the token in Redis; the database decides (and remembers the session).
-        token = TokenState.loads(reply[1])
+        token = TokenState.cached(reply[1])
         with runtime.app_context():
             session_id = sessions.claim(token.token_id, token.owner_id, device_id, ip_address, user_agent)
             redis_state.hold(token.id, device_id, session_id)
