@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from tests.e2e.harness import LOOPBACK
 from tests.fixtures.actions import Accounts
+from tests.fixtures.mailbox import RECEIPT
 from tests.support import SmtpSink, app_config
 from zenzefi_backend.clock import now
 from zenzefi_backend.extensions import db, get_redis
@@ -22,8 +23,6 @@ from zenzefi_backend.notifications.models import EmailMessage, WebhookDelivery
 from zenzefi_backend.notifications.relay import relay_new_events
 
 DOWN_SECONDS = 3.0
-RECEIPT = {"username": "ada", "amount_znc": "50.00", "payment_lines": "", "reference": "ref-1",
-           "paid_at": "2026-11-22T10:00:00+00:00", "balance_after": "60.00"}
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.mailbox import RECEIPT
 from tests.support import POSTGRES_ONLY_REASON, SmtpSink
 from zenzefi_backend import clock, metrics
 from zenzefi_backend.extensions import db
@@ -18,8 +19,6 @@ from zenzefi_backend.notifications.email import (
 )
 from zenzefi_backend.notifications.models import EmailMessage
 
-RECEIPT = {"username": "ada", "amount_znc": "50.00", "payment_lines": "", "reference": "ref-1",
-           "paid_at": "2026-11-22T10:00:00+00:00", "balance_after": "60.00"}
 GIFT = {"sender_username": "ada", "scope": "full", "duration_hours": 24, "token": "SECRET-TOKEN-abc123"}
 
 
